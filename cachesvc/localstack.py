@@ -1,0 +1,397 @@
+"""The embedded local stack: a PostgreSQL cluster of our own plus PgBouncer in front of it.
+
+One implementation shared by ``scripts/dev`` (a persistent cluster under ``$CACHESVC_HOME``),
+the test suite and the benchmarks (throwaway clusters on free ports). It only ever starts,
+and stops, servers it started itself: an occupied data directory or port is an error, never
+something to take over.
+
+``initdb``, ``postgres`` and ``pgbouncer`` refuse to run as root, so when we are root they
+run as the unprivileged ``postgres`` OS user (created by the OS package), in directories
+that user owns. Children get a parent-death signal, so a killed parent leaves no stray
+server behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from cachesvc import pgbouncer, roles
+from cachesvc.settings import Settings
+
+MIN_PG_MAJOR = 14
+SERVICE_OS_USER = "postgres"
+DATABASE = "cachesvc"
+
+# Login users the stack creates, one per group role.
+LOGINS = {
+    "cachesvc_app": "cache_app",
+    "cachesvc_maintainer": "cache_maintainer",
+    "cachesvc_monitor": "cache_monitor",
+}
+SUPERUSER = "cachesvc_admin"
+
+
+class StackError(RuntimeError):
+    """The local stack cannot be started; the message says what to do."""
+
+
+def find_pg_bindir() -> Path:
+    """Directory of ``initdb``/``postgres``: ``CACHESVC_PG_BINDIR``, else the newest >= 14."""
+    override = os.environ.get("CACHESVC_PG_BINDIR")
+    if override:
+        return Path(override)
+    candidates = []
+    for bindir in Path("/usr/lib/postgresql").glob("*/bin"):
+        try:
+            major = int(bindir.parent.name)
+        except ValueError:
+            continue
+        if major >= MIN_PG_MAJOR and (bindir / "initdb").exists():
+            candidates.append((major, bindir))
+    if candidates:
+        return max(candidates)[1]
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise StackError(
+        f"PostgreSQL server binaries (>= {MIN_PG_MAJOR}) not found; run scripts/bootstrap "
+        "or install the 'postgresql' OS package, or set CACHESVC_PG_BINDIR"
+    )
+
+
+def find_pgbouncer() -> Path:
+    found = shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
+    )
+    if not found:
+        raise StackError("pgbouncer not found; run scripts/bootstrap or install the 'pgbouncer' OS package")
+    return Path(found)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVICE_OS_USER)
+    except KeyError:
+        raise StackError(
+            f"running as root, and there is no '{SERVICE_OS_USER}' OS user to run PostgreSQL as; "
+            "install the 'postgresql' OS package (scripts/bootstrap does)"
+        ) from None
+
+
+def _give(path: Path, owner: pwd.struct_passwd | None) -> None:
+    """Make ``path`` (recursively) owned by the OS user the servers run as."""
+    if owner is None:
+        return
+    for root, dirs, files in os.walk(path):
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), owner.pw_uid, owner.pw_gid)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _spawn(argv: list[str], log: Path, owner: pwd.struct_passwd | None) -> subprocess.Popen:
+    log_fh = open(log, "ab")
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            user=owner.pw_uid if owner else None,
+            group=owner.pw_gid if owner else None,
+            extra_groups=[] if owner else None,
+            start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop them in order
+            preexec_fn=_die_with_parent,
+        )
+    finally:
+        log_fh.close()
+
+
+def _check_runnable(path: Path, owner: pwd.struct_passwd | None) -> None:
+    """The server user must be able to reach ``path`` (e.g. a checkout under /root is not)."""
+    if owner is None:
+        return
+    probe = subprocess.run(
+        ["test", "-w", str(path)], user=owner.pw_uid, group=owner.pw_gid, extra_groups=[]
+    )
+    if probe.returncode != 0:
+        raise StackError(
+            f"the '{owner.pw_name}' OS user cannot write {path} (a parent directory is not "
+            "searchable by it); set CACHESVC_HOME to a directory it can reach, e.g. /var/tmp/cachesvc"
+        )
+
+
+def _stop_process(proc: subprocess.Popen | None, sig: int, timeout: float = 30) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class LocalPostgres:
+    """One PostgreSQL cluster in ``base/pgdata``, listening on 127.0.0.1:``port``."""
+
+    base: Path
+    port: int
+    password: str
+    conf: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def datadir(self) -> Path:
+        return self.base / "pgdata"
+
+    @property
+    def logfile(self) -> Path:
+        return self.base / "postgres.log"
+
+    def url(self, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres") -> str:
+        password = self.password if password is None else password
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self, timeout: float = 60) -> None:
+        owner = _run_as()
+        bindir = find_pg_bindir()
+        self.base.mkdir(parents=True, exist_ok=True)
+        _give(self.base, owner)
+        _check_runnable(self.base, owner)
+        pid_file = self.datadir / "postmaster.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text().split()[0])
+            if _alive(pid):
+                raise StackError(
+                    f"a PostgreSQL (pid {pid}) already runs on {self.datadir}; it was not started "
+                    "by this process and will not be touched: stop it, or use another CACHESVC_HOME"
+                )
+        if port_in_use(self.port):
+            raise StackError(f"port {self.port} is already in use; choose another (CACHESVC_PG_PORT)")
+        if not (self.datadir / "PG_VERSION").exists():
+            self._initdb(bindir, owner)
+        (self.base / "run").mkdir(exist_ok=True)
+        _give(self.base / "run", owner)
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.base / "run"),
+            "max_connections": "200",
+            "shared_buffers": "128MB",
+            "logging_collector": "off",
+        } | self.conf
+        argv = [str(bindir / "postgres"), "-D", str(self.datadir)]
+        for key, value in settings.items():
+            argv += ["-c", f"{key}={value}"]
+        self.proc = _spawn(argv, self.logfile, owner)
+        self._wait_ready(timeout)
+
+    def _initdb(self, bindir: Path, owner: pwd.struct_passwd | None) -> None:
+        pwfile = self.base / "initdb.pw"
+        pwfile.write_text(self.password + "\n")
+        _give(pwfile, owner)
+        try:
+            result = subprocess.run(
+                [
+                    str(bindir / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
+                    f"--pwfile={pwfile}", "--auth-local=peer", "--auth-host=scram-sha-256",
+                    "--encoding=UTF8", "--no-locale",
+                ],
+                capture_output=True, text=True,
+                user=owner.pw_uid if owner else None,
+                group=owner.pw_gid if owner else None,
+                extra_groups=[] if owner else None,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise StackError(f"initdb failed:\n{result.stdout}{result.stderr}")
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise StackError(f"postgres exited ({self.proc.returncode}); see {self.logfile}:\n{_tail(self.logfile)}")
+            try:
+                psycopg.connect(self.url(), connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise StackError(f"postgres not ready after {timeout}s; see {self.logfile}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        _stop_process(self.proc, signal.SIGINT)  # fast shutdown: roll back, checkpoint, exit
+        self.proc = None
+
+
+@dataclass
+class LocalPgBouncer:
+    """PgBouncer started from the files ``cachesvc pgbouncer config`` wrote into ``directory``."""
+
+    directory: Path
+    port: int
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        owner = _run_as()
+        _give(self.directory, owner)
+        if port_in_use(self.port):
+            raise StackError(f"port {self.port} is already in use; choose another (CACHESVC_PGBOUNCER_PORT)")
+        log = self.directory / "pgbouncer.stdout"
+        self.proc = _spawn([str(find_pgbouncer()), str(self.directory / "pgbouncer.ini")], log, owner)
+        deadline = time.monotonic() + timeout
+        while not port_in_use(self.port):
+            if self.proc.poll() is not None:
+                raise StackError(f"pgbouncer exited ({self.proc.returncode}):\n{_tail(log)}{_tail(self.directory / 'pgbouncer.log')}")
+            if time.monotonic() > deadline:
+                raise StackError(f"pgbouncer not listening after {timeout}s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        _stop_process(self.proc, signal.SIGTERM)  # immediate shutdown: clients are gone already
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class LocalStack:
+    """PostgreSQL + migrations + login users + PgBouncer, described by ``env()``."""
+
+    home: Path
+    pg_port: int
+    bouncer_port: int
+    passwords: dict[str, str]
+    pg_conf: dict[str, str] = field(default_factory=dict)
+    postgres: LocalPostgres | None = None
+    bouncer: LocalPgBouncer | None = None
+
+    @classmethod
+    def throwaway(cls, home: Path, **pg_conf: str) -> LocalStack:
+        """Free ports, fresh random passwords, durability off: for tests and benchmarks."""
+        conf = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"} | pg_conf
+        return cls(home, free_port(), free_port(), new_passwords(), conf)
+
+    @classmethod
+    def persistent(cls, home: Path, pg_port: int, bouncer_port: int) -> LocalStack:
+        """Kept across runs under ``home`` (``scripts/dev``); passwords made once and kept."""
+        home.mkdir(parents=True, exist_ok=True)
+        secrets_file = home / "passwords.json"
+        if secrets_file.exists():
+            passwords = json.loads(secrets_file.read_text())
+        else:
+            passwords = new_passwords()
+            secrets_file.touch(mode=0o600)
+            secrets_file.write_text(json.dumps(passwords, indent=2))
+        return cls(home, pg_port, bouncer_port, passwords)
+
+    def url(self, user: str, *, direct: bool = False, dbname: str = DATABASE) -> str:
+        port = self.pg_port if direct or user == SUPERUSER else self.bouncer_port
+        return f"postgresql://{user}:{self.passwords[user]}@127.0.0.1:{port}/{dbname}"
+
+    def env(self) -> dict[str, str]:
+        """The CACHESVC_* variables that point every tool at this stack."""
+        return {
+            "CACHESVC_DATABASE_URL": self.url("cachesvc_app"),
+            "CACHESVC_ADMIN_DATABASE_URL": self.url(SUPERUSER),
+            "CACHESVC_MAINTAINER_DATABASE_URL": self.url("cachesvc_maintainer", direct=True),
+            "CACHESVC_MONITOR_DATABASE_URL": self.url("cachesvc_monitor"),
+            "CACHESVC_PGBOUNCER_ADMIN_USERS": "cachesvc_monitor",
+        }
+
+    def settings(self, **overrides) -> Settings:
+        return Settings.from_env(self.env() | {k: str(v) for k, v in overrides.items()})
+
+    def start(self, *, migrate: bool = True, log=lambda msg: None) -> None:
+        self.postgres = LocalPostgres(self.home / "postgres", self.pg_port, self.passwords[SUPERUSER], self.pg_conf)
+        log(f"starting PostgreSQL on 127.0.0.1:{self.pg_port} ({self.postgres.datadir})")
+        self.postgres.start()
+        with psycopg.connect(self.postgres.url(), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
+                conn.execute(f"CREATE DATABASE {DATABASE}")
+        if migrate:
+            log("migrating to head")
+            self.migrate()
+            with psycopg.connect(self.url(SUPERUSER), autocommit=True) as conn:
+                for user, group in LOGINS.items():
+                    roles.create_login(conn, user, group, self.passwords[user])
+        directory = self.home / "pgbouncer"
+        cfg = pgbouncer.config_from_settings(self.settings(), directory)
+        pgbouncer.write(cfg)
+        self.bouncer = LocalPgBouncer(directory, self.bouncer_port)
+        log(f"starting PgBouncer on 127.0.0.1:{self.bouncer_port} (transaction mode)")
+        self.bouncer.start()
+
+    def migrate(self, revision: str = "head", dbname: str = DATABASE) -> None:
+        from cachesvc import migrations
+
+        migrations.upgrade(self.url(SUPERUSER, dbname=dbname), revision)
+
+    def stop(self) -> None:
+        if self.bouncer:
+            self.bouncer.stop()
+        if self.postgres:
+            self.postgres.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def new_passwords() -> dict[str, str]:
+    return {user: secrets.token_urlsafe(18) for user in [SUPERUSER, *LOGINS]}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) + "\n"
+    except OSError:
+        return ""

@@ -1,0 +1,154 @@
+"""The one settings object, read once from ``CACHESVC_*`` environment variables.
+
+Every secret-bearing variable may instead be given as ``<NAME>_FILE`` (a path whose
+contents, stripped, are the value), the way container orchestrators mount secrets.
+Defaults are for the local development stack that ``scripts/dev`` starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PREFIX = "CACHESVC_"
+
+# The secret ``scripts/dev`` uses when none is given. Never valid outside development:
+# the service refuses to start with it when CACHESVC_ENV=production.
+DEV_JWT_SECRET = "cachesvc-development-secret-not-for-production-use"
+
+
+class SettingsError(ValueError):
+    """A CACHESVC_* variable has a value the service cannot use."""
+
+
+def _setting(default, *, secret: bool = False, help: str = ""):
+    return field(default=default, metadata={"secret": secret, "help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    env: str = _setting("development", help="development | production")
+    home: Path = _setting(Path(".cachesvc"), help="directory of the embedded local stack")
+    host: str = _setting("127.0.0.1", help="address the HTTP service binds")
+    port: int = _setting(8080, help="port the HTTP service binds")
+
+    database_url: str = _setting(
+        "postgresql://cachesvc_app@127.0.0.1:6432/cachesvc",
+        secret=True,
+        help="service DSN, through PgBouncer (transaction mode)",
+    )
+    admin_database_url: str = _setting(
+        "postgresql://cachesvc_admin@127.0.0.1:5432/cachesvc",
+        secret=True,
+        help="direct DSN for migrations and maintenance (never through PgBouncer)",
+    )
+    monitor_database_url: str = _setting(
+        "", secret=True, help="optional DSN of a cache_monitor login (PgBouncer stats user)"
+    )
+    behind_pgbouncer: bool = _setting(
+        True, help="database_url goes through PgBouncer in transaction mode"
+    )
+
+    pool_size: int = _setting(10, help="fixed size of the service's connection pool")
+    pool_timeout_s: float = _setting(5.0, help="longest wait for a pooled connection")
+    connect_timeout_s: int = _setting(5, help="TCP connect timeout to the database")
+    statement_timeout_ms: int = _setting(5000, help="SET LOCAL statement_timeout per request")
+    idle_in_transaction_timeout_ms: int = _setting(
+        10000, help="SET LOCAL idle_in_transaction_session_timeout per request"
+    )
+
+    jwt_secret: str = _setting(DEV_JWT_SECRET, secret=True, help="HS256 secret for JWTs")
+    jwt_audience: str = _setting("authenticated", help="required 'aud' claim")
+
+    pgbouncer_listen_addr: str = _setting("127.0.0.1", help="PgBouncer listen_addr")
+    pgbouncer_pool_size: int = _setting(20, help="PgBouncer default_pool_size")
+    pgbouncer_max_client_conn: int = _setting(500, help="PgBouncer max_client_conn")
+    pgbouncer_admin_users: str = _setting("", help="PgBouncer admin_users (comma separated)")
+
+    dev_pg_port: int = _setting(55432, help="scripts/dev: port of the embedded PostgreSQL")
+    dev_pgbouncer_port: int = _setting(56432, help="scripts/dev: port of the embedded PgBouncer")
+
+    partitions_ahead: int = _setting(3, help="months of partitions kept ahead of now")
+    log_format: str = _setting("auto", help="json | text | auto (json unless a terminal)")
+    log_level: str = _setting("INFO", help="logging level")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = _lookup(environ, PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _convert(f.name, f.type, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.env not in ("development", "production"):
+            raise SettingsError(f"{PREFIX}ENV must be 'development' or 'production', not {self.env!r}")
+        if self.env == "production" and self.jwt_secret == DEV_JWT_SECRET:
+            raise SettingsError(f"{PREFIX}JWT_SECRET (or {PREFIX}JWT_SECRET_FILE) must be set in production")
+        if len(self.jwt_secret.encode()) < 32:
+            raise SettingsError(f"{PREFIX}JWT_SECRET must be at least 32 bytes for HS256")
+        if self.pool_size < 1:
+            raise SettingsError(f"{PREFIX}POOL_SIZE must be at least 1")
+        if self.log_format not in ("auto", "json", "text"):
+            raise SettingsError(f"{PREFIX}LOG_FORMAT must be auto, json or text")
+        for name in ("database_url", "admin_database_url"):
+            scheme = urlsplit(getattr(self, name)).scheme
+            if scheme not in ("postgresql", "postgres"):
+                raise SettingsError(f"{PREFIX}{name.upper()} must be a postgresql:// URL")
+
+    def describe(self) -> dict[str, str]:
+        """Every setting with secrets masked, for logs and ``cachesvc settings``."""
+        out = {}
+        for f in fields(self):
+            value = str(getattr(self, f.name))
+            out[PREFIX + f.name.upper()] = _mask(value) if f.metadata.get("secret") else value
+        return out
+
+
+def _lookup(environ: Mapping[str, str], name: str) -> str | None:
+    if name in environ:
+        return environ[name]
+    path = environ.get(name + "_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE={path}: {exc.strerror}") from None
+    return None
+
+
+def _convert(name: str, type_: str, raw: str):
+    env_name = PREFIX + name.upper()
+    try:
+        if type_ == "int":
+            return int(raw)
+        if type_ == "float":
+            return float(raw)
+        if type_ == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if type_ == "Path":
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{env_name}={raw!r} is not a valid {type_}") from None
+
+
+def _mask(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme.startswith("postgres") and parts.password:
+        return value.replace(":" + parts.password + "@", ":***@", 1)
+    if parts.scheme:
+        return value
+    return "***" if value else ""

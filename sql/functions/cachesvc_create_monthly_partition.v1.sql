@@ -1,0 +1,67 @@
+-- Create the partition of `parent` for the UTC month containing `month`, named
+-- <prefix>_yYYYYmMM, unless it exists; returns its name. Idempotent and safe to call
+-- concurrently (creators are serialised by an advisory transaction lock).
+--
+-- A new partition inherits the parent's columns and partitioned indexes, but not its
+-- row-level security or privileges, so this function makes it match:
+--   * owner cache_maintainer; RLS enabled AND forced;
+--   * a copy of every policy of the parent, verbatim (so the two never drift apart);
+--   * no privileges for PUBLIC, cache_app or cache_monitor: the service reaches rows only
+--     through the parent, where the policies are evaluated.
+CREATE FUNCTION cachesvc_create_monthly_partition(parent regclass, prefix text, month date)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    first_day date := date_trunc('month', month)::date;
+    lower_bound timestamptz := first_day::timestamp AT TIME ZONE 'UTC';
+    upper_bound timestamptz := (first_day + interval '1 month')::timestamp AT TIME ZONE 'UTC';
+    schema_name text;
+    child text := prefix || to_char(first_day, '"_y"YYYY"m"MM');
+    qualified text;
+    pol record;
+    roles text;
+BEGIN
+    SELECT n.nspname INTO schema_name
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = parent AND c.relkind = 'p';
+    IF schema_name IS NULL THEN
+        RAISE EXCEPTION '% is not a partitioned table', parent USING ERRCODE = '42809';
+    END IF;
+    qualified := format('%I.%I', schema_name, child);
+
+    PERFORM pg_advisory_xact_lock(hashtextextended('cachesvc.partitions', 0));
+    IF to_regclass(qualified) IS NOT NULL THEN
+        RETURN child;
+    END IF;
+
+    EXECUTE format('CREATE TABLE %s PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+                   qualified, parent, lower_bound, upper_bound);
+    EXECUTE format('ALTER TABLE %s OWNER TO cache_maintainer', qualified);
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', qualified);
+    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC, cache_app, cache_monitor', qualified);
+
+    FOR pol IN
+        SELECT p.polname, p.polpermissive, p.polroles,
+               CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                             WHEN 'd' THEN 'DELETE' ELSE 'ALL' END AS command,
+               pg_get_expr(p.polqual, p.polrelid) AS using_expr,
+               pg_get_expr(p.polwithcheck, p.polrelid) AS check_expr
+          FROM pg_policy p
+         WHERE p.polrelid = parent
+         ORDER BY p.polname
+    LOOP
+        SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(r::regrole::text) END, ', ')
+          INTO roles
+          FROM unnest(pol.polroles) AS r;
+        EXECUTE format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s',
+                       pol.polname, qualified,
+                       CASE WHEN pol.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+                       pol.command, roles,
+                       CASE WHEN pol.using_expr IS NOT NULL THEN format(' USING (%s)', pol.using_expr) ELSE '' END,
+                       CASE WHEN pol.check_expr IS NOT NULL THEN format(' WITH CHECK (%s)', pol.check_expr) ELSE '' END);
+    END LOOP;
+    RETURN child;
+END
+$$;
