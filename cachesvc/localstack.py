@@ -339,6 +339,9 @@ class LocalStack:
         return Settings.from_env(self.env() | {k: str(v) for k, v in overrides.items()})
 
     def start(self, *, migrate: bool = True, log=lambda msg: None) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if _run_as() is not None:  # the server user must be able to pass through (not list) home
+            self.home.chmod(self.home.stat().st_mode | 0o011)
         self.postgres = LocalPostgres(self.home / "postgres", self.pg_port, self.passwords[SUPERUSER], self.pg_conf)
         log(f"starting PostgreSQL on 127.0.0.1:{self.pg_port} ({self.postgres.datadir})")
         self.postgres.start()

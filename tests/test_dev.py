@@ -1,0 +1,137 @@
+"""The README's first command: `scripts/dev` brings the whole stack up and takes it down."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cachesvc import auth
+from cachesvc.localstack import LocalPostgres, _alive, free_port, port_in_use
+from cachesvc.migrations import PROJECT_ROOT
+
+DEV = PROJECT_ROOT / "scripts" / "dev"
+
+
+@pytest.fixture
+def dev_home():
+    home = Path(tempfile.mkdtemp(prefix="cachesvc-dev-"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def dev_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")}
+    return env | {
+        "CACHESVC_HOME": str(home),
+        "CACHESVC_PORT": str(free_port()),
+        "CACHESVC_DEV_PG_PORT": str(free_port()),
+        "CACHESVC_DEV_PGBOUNCER_PORT": str(free_port()),
+    }
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def start_dev(env: dict[str, str], log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([str(DEV)], env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), cwd=PROJECT_ROOT)
+    base = f"http://127.0.0.1:{env['CACHESVC_PORT']}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"scripts/dev exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if get(base + "/healthz")[0] == 200:
+                return proc
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"scripts/dev did not answer /healthz in time:\n{log.read_text()}")
+        time.sleep(0.2)
+
+
+def server_pids(home: Path) -> list[int]:
+    pg = int((home / "postgres" / "pgdata" / "postmaster.pid").read_text().split()[0])
+    bouncer = int((home / "pgbouncer" / "pgbouncer.pid").read_text().strip())
+    return [pg, bouncer]
+
+
+def wait_gone(pids: list[int], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_dev_comes_up_prints_what_a_newcomer_needs_and_stops_cleanly(dev_home, tmp_path):
+    env = dev_env(dev_home)
+    log = tmp_path / "dev.log"
+    proc = start_dev(env, log)
+    base = f"http://127.0.0.1:{env['CACHESVC_PORT']}"
+    try:
+        status, body = get(base + "/readyz")
+        assert status == 200, body
+        printed = log.read_text()
+        token = re.search(r"user token\s+(\S+)", printed).group(1)
+        secret = re.search(r"JWT secret\s+(\S+)", printed).group(1)
+        assert auth.verify(token, secret, "authenticated").role == "authenticated"
+        env_file = (dev_home / "env").read_text()
+        for name in ("CACHESVC_DATABASE_URL", "CACHESVC_ADMIN_DATABASE_URL", "CACHESVC_JWT_SECRET", "PGPORT"):
+            assert f"export {name}=" in env_file
+        # After `source env`, psql and the CLI talk to this stack.
+        probe = subprocess.run(
+            ["bash", "-c", f"source {dev_home / 'env'} && psql -XtAc 'SELECT count(*) FROM partition_health_metrics'"
+             f" && {PROJECT_ROOT / '.venv/bin/cachesvc'} db upgrade"],
+            env={k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")},
+            capture_output=True, text=True, timeout=60,
+        )
+        assert probe.returncode == 0, probe.stderr
+        assert int(probe.stdout.split()[0]) >= 8
+        pids = server_pids(dev_home)
+        assert all(_alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, log.read_text()
+    assert wait_gone(pids), "a server outlived scripts/dev"
+    for port in ("CACHESVC_PORT", "CACHESVC_DEV_PG_PORT", "CACHESVC_DEV_PGBOUNCER_PORT"):
+        assert not port_in_use(int(env[port]))
+
+    # Second run: the cluster and its data are kept; Ctrl-C (SIGINT) stops it too.
+    proc = start_dev(env, log)
+    pids = server_pids(dev_home)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    assert wait_gone(pids)
+
+
+def test_dev_never_touches_a_postgres_it_did_not_start(dev_home, tmp_path):
+    dev_home.chmod(0o755)  # reachable by the server's OS user when we are root
+    foreign = LocalPostgres(dev_home / "postgres", free_port(), "foreign-password")
+    foreign.start()
+    try:
+        env = dev_env(dev_home)
+        result = subprocess.run([str(DEV)], env=env, capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+        assert result.returncode == 1
+        assert "already runs" in result.stderr and "will not be touched" in result.stderr
+        assert foreign.proc.poll() is None  # still running, untouched
+    finally:
+        foreign.stop()
