@@ -330,7 +330,6 @@ class LocalStack:
         return {
             "CACHESVC_DATABASE_URL": self.url("cachesvc_app"),
             "CACHESVC_ADMIN_DATABASE_URL": self.url(SUPERUSER),
-            "CACHESVC_MAINTAINER_DATABASE_URL": self.url("cachesvc_maintainer", direct=True),
             "CACHESVC_MONITOR_DATABASE_URL": self.url("cachesvc_monitor"),
             "CACHESVC_PGBOUNCER_ADMIN_USERS": "cachesvc_monitor",
         }

@@ -30,7 +30,7 @@ def _setting(default, *, secret: bool = False, help: str = ""):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    env: str = _setting("development", help="development | production")
+    env: str = _setting("development", help="development or production (production refuses the development JWT secret)")
     home: Path = _setting(Path(".cachesvc"), help="directory of the embedded local stack")
     host: str = _setting("127.0.0.1", help="address the HTTP service binds")
     port: int = _setting(8080, help="port the HTTP service binds")
@@ -72,7 +72,7 @@ class Settings:
     dev_pgbouncer_port: int = _setting(56432, help="scripts/dev: port of the embedded PgBouncer")
 
     partitions_ahead: int = _setting(3, help="months of partitions kept ahead of now")
-    log_format: str = _setting("auto", help="json | text | auto (json unless a terminal)")
+    log_format: str = _setting("auto", help="json, text, or auto (json unless stderr is a terminal)")
     log_level: str = _setting("INFO", help="logging level")
 
     @classmethod

@@ -120,3 +120,13 @@ def test_db_upgrade_is_idempotent(stack):
     result = run_cli("db", "upgrade", env=stack.env())
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["action"] == "upgrade"
+
+
+def test_readme_documents_every_setting():
+    from dataclasses import fields
+
+    from cachesvc.migrations import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    missing = [f"CACHESVC_{f.name.upper()}" for f in fields(Settings) if f"`CACHESVC_{f.name.upper()}`" not in readme]
+    assert missing == []
