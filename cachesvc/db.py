@@ -15,6 +15,8 @@ log = logging.getLogger("cachesvc.db")
 
 def connection_kwargs(settings: Settings) -> dict:
     kwargs = {
+        # Each request sends its own BEGIN ... COMMIT inside one pipeline (one round trip).
+        "autocommit": True,
         "connect_timeout": settings.connect_timeout_s,
         "application_name": "cachesvc",
         # Dead peers are noticed within about a minute even when no query is running.

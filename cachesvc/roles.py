@@ -20,6 +20,7 @@ LOGIN_SETTINGS: dict[str, dict[str, str]] = {
         "statement_timeout": "5s",
         "idle_in_transaction_session_timeout": "10s",
         "lock_timeout": "2s",
+        "TimeZone": "UTC",
         # Measured: short multi-table lookups ran ~2x slower with parallel workers.
         "max_parallel_workers_per_gather": "0",
     },

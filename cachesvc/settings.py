@@ -63,6 +63,11 @@ class Settings:
     jwt_secret: str = _setting(DEV_JWT_SECRET, secret=True, help="HS256 secret for JWTs")
     jwt_audience: str = _setting("authenticated", help="required 'aud' claim")
 
+    default_ttl_s: int = _setting(7 * 86400, help="TTL of an entry stored without ttlSeconds")
+    max_ttl_s: int = _setting(90 * 86400, help="largest ttlSeconds accepted")
+    max_body_bytes: int = _setting(1 << 20, help="largest request body accepted (413 beyond)")
+    flush_interval_s: float = _setting(2.0, help="how often in-memory hit counters are flushed")
+
     pgbouncer_listen_addr: str = _setting("127.0.0.1", help="PgBouncer listen_addr")
     pgbouncer_pool_size: int = _setting(20, help="PgBouncer default_pool_size")
     pgbouncer_max_client_conn: int = _setting(500, help="PgBouncer max_client_conn")
@@ -96,6 +101,12 @@ class Settings:
             raise SettingsError(f"{PREFIX}JWT_SECRET must be at least 32 bytes for HS256")
         if self.pool_size < 1:
             raise SettingsError(f"{PREFIX}POOL_SIZE must be at least 1")
+        if not 1 <= self.default_ttl_s <= self.max_ttl_s:
+            raise SettingsError(f"{PREFIX}DEFAULT_TTL_S must be between 1 and {PREFIX}MAX_TTL_S")
+        if self.max_body_bytes < 1024:
+            raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
+        if self.flush_interval_s <= 0:
+            raise SettingsError(f"{PREFIX}FLUSH_INTERVAL_S must be positive")
         if self.log_format not in ("auto", "json", "text"):
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be auto, json or text")
         for name in ("database_url", "admin_database_url"):

@@ -84,3 +84,74 @@ def insert_entry(conn: psycopg.Connection, user_id, content_type="chapter", key=
         """,
         {"u": user_id, "ct": content_type, "k": key, "ttl": ttl, "created": created_at},
     ).fetchone()
+
+
+class LiveService:
+    """`cachesvc serve` in a subprocess, on a free port, against the session's stack."""
+
+    def __init__(self, stack: LocalStack, log_path: Path, **settings: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        from cachesvc.localstack import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")}
+        env |= stack.env() | {"CACHESVC_PORT": str(self.port), "CACHESVC_LOG_FORMAT": "json"}
+        env |= {f"CACHESVC_{k.upper()}": str(v) for k, v in settings.items()}
+        self.env = env
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cachesvc", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb")
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        import time
+
+        import httpx2
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx2.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx2.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"service not ready:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def service(stack, tmp_path_factory):
+    """The live service for the whole session (counters flushed every 0.2 s)."""
+    live = LiveService(stack, tmp_path_factory.mktemp("service") / "service.log", flush_interval_s="0.2")
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="session")
+def tokens(stack):
+    """Make tokens signed with the stack's secret: tokens(user) / tokens(service=True)."""
+    from cachesvc import auth
+
+    secret = stack.settings().jwt_secret
+
+    def make(user: uuid.UUID | str | None = None, *, service: bool = False, **kw) -> str:
+        if service:
+            return auth.mint(secret, sub="test-service", role=auth.SERVICE_ROLE, **kw)
+        return auth.mint(secret, sub=str(user), **kw)
+
+    return make

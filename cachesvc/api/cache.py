@@ -1,0 +1,122 @@
+"""The cache endpoints: route -> identity -> validation -> store -> JSON."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cachesvc.api.errors import ApiError, validation_error
+from cachesvc.api.identity import acting_user
+from cachesvc.cache import models
+from cachesvc.cache.store import CacheStore
+from cachesvc.settings import Settings
+
+_encode = msgspec.json.Encoder().encode
+
+
+def json_response(obj, status: int = 200) -> Response:
+    return Response(_encode(obj), status_code=status, media_type="application/json")
+
+
+def _context(request: Request) -> tuple[CacheStore, Settings]:
+    state = request.app.state
+    return state.store, state.settings
+
+
+def _path_params(request: Request) -> tuple[str, str]:
+    content_type = request.path_params["content_type"]
+    key = request.path_params["key"]
+    if not models.CONTENT_TYPE_RE.match(content_type):
+        raise validation_error("contentType must match ^[a-z][a-z0-9_]{0,63}$", "contentType")
+    if not models.is_valid_key(key):
+        raise validation_error(f"key must be 1-{models.MAX_KEY_LENGTH} printable characters", "key")
+    return content_type, key
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode(body: bytes, type_):
+    if not body:
+        raise validation_error("request body is empty; a JSON object is expected")
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        field = message.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in message else None
+        if field is None and "missing required field `" in message:
+            field = message.split("`")[1]
+        raise validation_error(message, field) from None
+    except msgspec.DecodeError as exc:
+        raise validation_error(f"malformed JSON: {exc}") from None
+
+
+async def get_entry(request: Request) -> Response:
+    store, settings = _context(request)
+    actor = acting_user(request, settings)
+    content_type, key = _path_params(request)
+    entry = await store.get(actor.user_id, content_type, key)
+    if entry is None:
+        raise ApiError(404, "cache_miss", f"no live entry for {content_type}/{key}")
+    return json_response(entry)
+
+
+async def put_entry(request: Request) -> Response:
+    store, settings = _context(request)
+    actor = acting_user(request, settings)
+    content_type, key = _path_params(request)
+    body = decode(await read_body(request, settings.max_body_bytes), models.PutEntry)
+    if not models.is_json_object(body.metadata):
+        raise validation_error("metadata must be a JSON object", "metadata")
+    ttl = settings.default_ttl_s if body.ttl_seconds is None else body.ttl_seconds
+    if ttl > settings.max_ttl_s:
+        raise validation_error(f"ttlSeconds must be at most {settings.max_ttl_s}", "ttlSeconds")
+    entry, replaced = await store.put(actor, content_type, key, body, ttl)
+    return json_response(entry, 200 if replaced else 201)
+
+
+async def delete_entry(request: Request) -> Response:
+    store, settings = _context(request)
+    actor = acting_user(request, settings)
+    content_type, key = _path_params(request)
+    if not await store.delete(actor, content_type, key):
+        raise ApiError(404, "cache_miss", f"no live entry for {content_type}/{key}")
+    return Response(status_code=204)
+
+
+async def lookup(request: Request) -> Response:
+    store, settings = _context(request)
+    actor = acting_user(request, settings)
+    body = decode(await read_body(request, settings.max_body_bytes), models.LookupRequest)
+    for index, item in enumerate(body.items):
+        if not models.is_valid_key(item.key):
+            raise validation_error(f"key must be 1-{models.MAX_KEY_LENGTH} printable characters", f"items[{index}].key")
+    entries = await store.lookup(actor.user_id, body.items)
+    results = [
+        models.LookupResult(content_type=item.content_type, key=item.key, hit=entry is not None, entry=entry)
+        for item, entry in zip(body.items, entries)
+    ]
+    return json_response(models.LookupResponse(results=results))
+
+
+async def erase(request: Request) -> Response:
+    store, settings = _context(request)
+    actor = acting_user(request, settings)
+    return json_response(models.EraseResponse(deleted=await store.erase(actor)))
+
+
+async def stats(request: Request) -> Response:
+    store, settings = _context(request)
+    actor = acting_user(request, settings)
+    return json_response(await store.stats(actor.user_id))

@@ -1,0 +1,80 @@
+"""Typed errors: ``{"error": {"code", "message", "requestId"}}`` with the right status.
+
+Nothing else ever leaves the service on failure: no stack trace, no driver message.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import psycopg
+import psycopg_pool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cachesvc.cache.models import ErrorBody, ErrorDetail
+
+log = logging.getLogger("cachesvc.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
+
+
+def validation_error(message: str, field: str | None = None) -> ApiError:
+    return ApiError(400, "validation_error", message, field=field)
+
+
+def request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "")
+
+
+def error_response(request: Request, status: int, code: str, message: str, *, field=None, headers=None) -> Response:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, request_id=request_id(request), field=field))
+    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json", headers=headers)
+
+
+async def on_api_error(request: Request, exc: ApiError) -> Response:
+    return error_response(request, exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers)
+
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+async def on_http_exception(request: Request, exc: HTTPException) -> Response:
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+async def on_database_unavailable(request: Request, exc: Exception) -> Response:
+    """Pool exhausted, connection refused or dropped, statement timed out: retry shortly."""
+    log.warning("database unavailable: %s: %s", type(exc).__name__, exc, extra={"fields": {"requestId": request_id(request)}})
+    return error_response(
+        request, 503, "unavailable", "the database is unavailable; retry shortly", headers={"Retry-After": "2"}
+    )
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", extra={"fields": {"requestId": request_id(request)}})
+    return error_response(request, 500, "internal_error", "internal error")
+
+
+UNAVAILABLE = (
+    psycopg_pool.PoolTimeout,
+    psycopg_pool.PoolClosed,
+    psycopg.OperationalError,
+    psycopg.errors.QueryCanceled,
+    psycopg.errors.LockNotAvailable,
+)
+
+
+def handlers() -> dict:
+    table: dict = {ApiError: on_api_error, HTTPException: on_http_exception, Exception: on_unexpected}
+    for exc_type in UNAVAILABLE:
+        table[exc_type] = on_database_unavailable
+    return table

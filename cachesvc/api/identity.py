@@ -1,0 +1,50 @@
+"""Who a request acts for: the bearer token's user, or the user a service token names."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.requests import Request
+
+from cachesvc import auth
+from cachesvc.api.errors import ApiError, request_id, validation_error
+from cachesvc.cache.store import Actor
+from cachesvc.settings import Settings
+
+USER_HEADER = "x-cache-user"
+
+
+def authenticate(request: Request, settings: Settings) -> auth.Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return auth.verify(token.strip(), settings.jwt_secret, settings.jwt_audience)
+    except auth.AuthError as exc:
+        raise ApiError(
+            401, "unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        ) from None
+
+
+def acting_user(request: Request, settings: Settings) -> Actor:
+    """A user token acts only as its ``sub``; a service token must name the user."""
+    principal = authenticate(request, settings)
+    named = request.headers.get(USER_HEADER)
+    if principal.is_service:
+        if not named:
+            raise validation_error("a service_role token must name the user in the X-Cache-User header", "X-Cache-User")
+        return Actor(_parse_user(named), f"service_role:{principal.subject}", request_id(request))
+    if principal.role != "authenticated":
+        raise ApiError(403, "forbidden", f"role {principal.role!r} may not use the cache")
+    user = uuid.UUID(principal.subject)
+    if named and _parse_user(named) != user:
+        raise ApiError(403, "forbidden", "a user token acts only for its own user")
+    return Actor(user, "user", request_id(request))
+
+
+def _parse_user(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise validation_error("X-Cache-User must be a user uuid", "X-Cache-User") from None

@@ -1,0 +1,119 @@
+"""The OpenAPI 3.1 document, built from the same msgspec Structs that validate and encode."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import msgspec
+
+from cachesvc import __version__
+from cachesvc.cache import models
+
+REF = "#/components/schemas/{name}"
+
+ERRORS = {
+    "400": "validation_error: a field is invalid (error.field names it), or the JSON is malformed",
+    "401": "unauthorized: missing, malformed, forged, expired or unsigned bearer token",
+    "403": "forbidden: the token may not act for this user",
+    "413": "payload_too_large: body over the configured limit",
+    "503": "unavailable: the database cannot be reached right now (see Retry-After)",
+}
+
+
+def _json(schema_ref: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": REF.format(name=schema_ref)}}}}
+
+
+def _errors(*statuses: str) -> dict:
+    return {s: _json("ErrorBody", ERRORS[s]) for s in statuses}
+
+
+def _common(*extra: str) -> dict:
+    return _errors("400", "401", "403", "503", *extra)
+
+
+ENTRY_PARAMS = [
+    {"name": "contentType", "in": "path", "required": True,
+     "schema": {"type": "string", "pattern": models.CONTENT_TYPE_RE.pattern}},
+    {"name": "key", "in": "path", "required": True,
+     "schema": {"type": "string", "minLength": 1, "maxLength": models.MAX_KEY_LENGTH},
+     "description": "URL-encoded; may contain '/'"},
+]
+USER_HEADER = {
+    "name": "X-Cache-User", "in": "header", "required": False, "schema": {"type": "string", "format": "uuid"},
+    "description": "The user a service_role token acts for (required with one); a user token may only name itself.",
+}
+MISS = {"404": _json("ErrorBody", "cache_miss: no live entry (expired entries are misses)")}
+
+
+def document() -> dict:
+    _, components = msgspec.json.schema_components(
+        [models.CacheEntry, models.PutEntry, models.LookupRequest, models.LookupResponse,
+         models.EraseResponse, models.StatsResponse, models.ErrorBody],
+        ref_template=REF,
+    )
+    paths = {
+        "/v1/cache/{contentType}/{key}": {
+            "parameters": [*ENTRY_PARAMS, USER_HEADER],
+            "get": {
+                "operationId": "getEntry", "summary": "Read the live entry",
+                "responses": {"200": _json("CacheEntry", "the entry"), **MISS, **_common()},
+            },
+            "put": {
+                "operationId": "putEntry", "summary": "Store an entry, replacing the live one",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name="PutEntry")}}}},
+                "responses": {
+                    "200": _json("CacheEntry", "replaced the live entry"),
+                    "201": _json("CacheEntry", "stored a new entry"),
+                    **_common("413"),
+                },
+            },
+            "delete": {
+                "operationId": "deleteEntry", "summary": "Delete the entry",
+                "responses": {"204": {"description": "deleted"}, **MISS, **_common()},
+            },
+        },
+        "/v1/cache/lookup": {
+            "parameters": [USER_HEADER],
+            "post": {
+                "operationId": "lookupEntries", "summary": "Look up to 100 entries in one round trip",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name="LookupRequest")}}}},
+                "responses": {"200": _json("LookupResponse", "results in request order"), **_common("413")},
+            },
+        },
+        "/v1/cache": {
+            "parameters": [USER_HEADER],
+            "delete": {
+                "operationId": "eraseUser", "summary": "Erase every entry and statistic of the user (right to erasure)",
+                "responses": {"200": _json("EraseResponse", "how many entries were deleted"), **_common()},
+            },
+        },
+        "/v1/cache/stats": {
+            "parameters": [USER_HEADER],
+            "get": {
+                "operationId": "getStats", "summary": "The user's hits, misses and savings",
+                "responses": {"200": _json("StatsResponse", "statistics"), **_common()},
+            },
+        },
+        "/healthz": {"get": {"operationId": "healthz", "security": [], "summary": "Process alive",
+                             "responses": {"200": {"description": "alive"}}}},
+        "/readyz": {"get": {"operationId": "readyz", "security": [], "summary": "Ready to serve",
+                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "cachesvc", "version": __version__,
+                 "description": "PostgreSQL-backed cache for AI-generated content, per user."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearerAuth": []}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    }
+
+
+@lru_cache(maxsize=1)
+def document_bytes() -> bytes:
+    return msgspec.json.encode(document())

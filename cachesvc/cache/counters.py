@@ -1,0 +1,159 @@
+"""Hit counts and hourly access statistics, aggregated in memory and flushed in bulk.
+
+A cache read never writes a row: it adds to these dictionaries, and a background task
+flushes them every few seconds (and once more at shutdown) in one transaction of two
+statements for all users, through ``record_cache_hits`` and ``record_cache_access``. The
+database adds what it is given, so several service processes can flush side by side and
+their counts sum. A failed flush puts its counts back to be retried: nothing is lost short of
+the process dying between two flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger("cachesvc.counters")
+
+EntryKey = tuple[int, dt.datetime]  # the row's primary key: (id, created_at)
+StatsKey = tuple[dt.datetime, uuid.UUID, str]  # (hour, user, content type)
+
+
+@dataclass(slots=True)
+class EntryHits:
+    hits: int
+    last_accessed_at: dt.datetime
+
+
+@dataclass(slots=True)
+class AccessStats:
+    hits: int = 0
+    misses: int = 0
+    tokens_saved: int = 0
+    cost_saved_usd: float = 0.0
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.entries: dict[EntryKey, EntryHits] = {}
+        self.stats: dict[StatsKey, AccessStats] = {}
+        self.last_flush_monotonic = time.monotonic()
+        self.flushes = 0
+
+    def hit(self, user_id: uuid.UUID, content_type: str, entry_key: EntryKey, tokens: int, cost: float) -> EntryHits | None:
+        """Count one hit; returns what was pending for the entry before it (or None)."""
+        now = dt.datetime.now(dt.UTC)
+        pending = self.entries.get(entry_key)
+        before = EntryHits(pending.hits, pending.last_accessed_at) if pending else None
+        if pending:
+            pending.hits += 1
+            pending.last_accessed_at = now
+        else:
+            self.entries[entry_key] = EntryHits(1, now)
+        stats = self._stats(now, user_id, content_type)
+        stats.hits += 1
+        stats.tokens_saved += tokens
+        stats.cost_saved_usd += cost
+        return before
+
+    def miss(self, user_id: uuid.UUID, content_type: str) -> None:
+        self._stats(dt.datetime.now(dt.UTC), user_id, content_type).misses += 1
+
+    def _stats(self, now: dt.datetime, user_id: uuid.UUID, content_type: str) -> AccessStats:
+        key = (now.replace(minute=0, second=0, microsecond=0), user_id, content_type)
+        stats = self.stats.get(key)
+        if stats is None:
+            stats = self.stats[key] = AccessStats()
+        return stats
+
+    def forget(self, user_id: uuid.UUID) -> None:
+        """Drop a user's pending statistics (right to erasure); their entries are gone anyway."""
+        for key in [k for k in self.stats if k[1] == user_id]:
+            del self.stats[key]
+
+    @property
+    def pending(self) -> int:
+        return len(self.entries) + len(self.stats)
+
+    def take(self) -> tuple[dict[EntryKey, EntryHits], dict[StatsKey, AccessStats]]:
+        entries, stats = self.entries, self.stats
+        self.entries, self.stats = {}, {}
+        return entries, stats
+
+    def put_back(self, entries: dict[EntryKey, EntryHits], stats: dict[StatsKey, AccessStats]) -> None:
+        for key, e in entries.items():
+            mine = self.entries.get(key)
+            if mine:
+                mine.hits += e.hits
+                mine.last_accessed_at = max(mine.last_accessed_at, e.last_accessed_at)
+            else:
+                self.entries[key] = e
+        for key, s in stats.items():
+            mine = self.stats.get(key)
+            if mine:
+                mine.hits += s.hits
+                mine.misses += s.misses
+                mine.tokens_saved += s.tokens_saved
+                mine.cost_saved_usd += s.cost_saved_usd
+            else:
+                self.stats[key] = s
+
+    async def flush(self, pool: AsyncConnectionPool) -> int:
+        """Write everything pending in one transaction; returns how many keys it wrote."""
+        entries, stats = self.take()
+        if not entries and not stats:
+            self.last_flush_monotonic = time.monotonic()
+            return 0
+        try:
+            async with pool.connection() as conn:
+                async with conn.transaction():
+                    if entries:
+                        keys = list(entries)
+                        await conn.execute(
+                            "SELECT record_cache_hits(%s::bigint[], %s::timestamptz[], %s::bigint[], %s::timestamptz[])",
+                            (
+                                [k[0] for k in keys],
+                                [k[1] for k in keys],
+                                [entries[k].hits for k in keys],
+                                [entries[k].last_accessed_at for k in keys],
+                            ),
+                        )
+                    if stats:
+                        keys = list(stats)
+                        values = [stats[k] for k in keys]
+                        await conn.execute(
+                            "SELECT record_cache_access(%s::timestamptz[], %s::uuid[], %s::text[], %s::bigint[],"
+                            " %s::bigint[], %s::bigint[], %s::numeric[])",
+                            (
+                                [k[0] for k in keys],
+                                [k[1] for k in keys],
+                                [k[2] for k in keys],
+                                [v.hits for v in values],
+                                [v.misses for v in values],
+                                [v.tokens_saved for v in values],
+                                [round(v.cost_saved_usd, 6) for v in values],
+                            ),
+                        )
+        except BaseException:
+            self.put_back(entries, stats)
+            raise
+        self.flushes += 1
+        self.last_flush_monotonic = time.monotonic()
+        return len(entries) + len(stats)
+
+    async def run(self, pool: AsyncConnectionPool, interval: float) -> None:
+        """The background flusher: every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush(pool)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # kept for the next round; the service goes on
+                log.warning("counter flush failed, will retry: %s", exc)

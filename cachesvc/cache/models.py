@@ -1,0 +1,117 @@
+"""The cache API's JSON bodies: msgspec Structs, camelCase on the wire.
+
+They validate requests, encode responses, and give the JSON Schema for /openapi.json.
+``content`` and ``metadata`` travel as raw JSON text between the client and PostgreSQL's
+jsonb: the service checks that they are well-formed but never rebuilds them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated
+
+import msgspec
+
+CONTENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_KEY_LENGTH = 512
+MAX_BATCH_ITEMS = 100
+
+ContentType = Annotated[str, msgspec.Meta(pattern=CONTENT_TYPE_RE.pattern, description="e.g. story_foundation, chapter")]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH, description="1-512 printable characters")]
+AnyJson = Annotated[msgspec.Raw, msgspec.Meta(description="any JSON value")]
+JsonObject = Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={"type": "object", "additionalProperties": True})]
+
+
+class Struct(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class CacheEntry(Struct, omit_defaults=False):
+    """A stored generation, as it was when read (hitCount and lastAccessedAt exclude this read)."""
+
+    content_type: ContentType
+    key: Key
+    content: AnyJson
+    metadata: JsonObject
+    token_count: int
+    cost_usd: float
+    model: str | None
+    hit_count: int
+    created_at: dt.datetime
+    last_accessed_at: dt.datetime | None
+    expires_at: dt.datetime
+
+
+class PutEntry(Struct):
+    """Body of PUT /v1/cache/{contentType}/{key}."""
+
+    content: AnyJson
+    metadata: JsonObject = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    token_count: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
+    cost_usd: Annotated[float, msgspec.Meta(ge=0, le=1e8)] = 0.0
+    model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class LookupItem(Struct):
+    content_type: ContentType
+    key: Key
+
+
+class LookupRequest(Struct):
+    items: Annotated[list[LookupItem], msgspec.Meta(min_length=1, max_length=MAX_BATCH_ITEMS)]
+
+
+class LookupResult(Struct, omit_defaults=True):
+    content_type: str
+    key: str
+    hit: bool
+    entry: CacheEntry | None = None
+
+
+class LookupResponse(Struct):
+    results: list[LookupResult]
+
+
+class EraseResponse(Struct):
+    deleted: int
+
+
+class ContentTypeStats(Struct):
+    content_type: str
+    hits: int
+    misses: int
+    hit_rate: float | None
+    tokens_saved: int
+    cost_saved_usd: float
+
+
+class StatsResponse(Struct):
+    """The caller's counters from cache_access_stats (flushed every few seconds)."""
+
+    hits: int
+    misses: int
+    hit_rate: float | None
+    tokens_saved: int
+    cost_saved_usd: float
+    by_content_type: list[ContentTypeStats]
+
+
+class ErrorDetail(Struct, omit_defaults=True):
+    code: str
+    message: str
+    request_id: str
+    field: str | None = None
+
+
+class ErrorBody(Struct):
+    error: ErrorDetail
+
+
+def is_json_object(raw: msgspec.Raw) -> bool:
+    return bytes(raw).lstrip()[:1] == b"{"
+
+
+def is_valid_key(key: str) -> bool:
+    return 1 <= len(key) <= MAX_KEY_LENGTH and key.isprintable()

@@ -1,0 +1,278 @@
+"""The cache store: each operation is one transaction for one user, sent as one pipeline.
+
+Every transaction is ``BEGIN; set_config(user, timeouts); <statements>; COMMIT`` queued in
+a psycopg pipeline and sent at once: one network round trip, and with PgBouncer in
+transaction mode the user setting lives and dies with the transaction. Row-level security
+is the wall; the explicit ``user_id = %s`` in every statement is the second one (and
+lets the planner use the lookup index directly).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+import psycopg
+from psycopg import errors
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool
+
+from cachesvc.cache.counters import Counters
+from cachesvc.cache.models import CacheEntry, ContentTypeStats, LookupItem, PutEntry, StatsResponse
+from cachesvc.settings import Settings
+
+SET_CONTEXT = (
+    "SELECT set_config('cachesvc.user_id', %s, true),"
+    " set_config('statement_timeout', %s, true),"
+    " set_config('idle_in_transaction_session_timeout', %s, true)"
+)
+
+ENTRY_COLUMNS = (
+    "id, created_at, content_type, cache_key, content::text, metadata::text, token_count,"
+    " cost_usd::float8, model, hit_count, last_accessed_at, expires_at"
+)
+
+GET = f"""
+SELECT {ENTRY_COLUMNS}
+  FROM infinite_pages_cache_partitioned
+ WHERE user_id = %s AND content_type = %s AND cache_key = %s AND expires_at > now()
+ ORDER BY created_at DESC
+ LIMIT 1
+"""
+
+LOOKUP = f"""
+SELECT q.ord, c.*
+  FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS q(content_type, cache_key, ord)
+  CROSS JOIN LATERAL (
+        SELECT {ENTRY_COLUMNS}
+          FROM infinite_pages_cache_partitioned
+         WHERE user_id = %s AND content_type = q.content_type AND cache_key = q.cache_key
+           AND expires_at > now()
+         ORDER BY created_at DESC
+         LIMIT 1) AS c
+"""
+
+# Serialises writers of one (user, content type, key): the replacement below cannot be a
+# unique constraint on a table partitioned by created_at.
+LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(%s || '/' || %s || '/' || %s, 0))"
+
+PUT = f"""
+WITH replaced AS (
+    DELETE FROM infinite_pages_cache_partitioned
+     WHERE user_id = %(user)s AND content_type = %(ct)s AND cache_key = %(key)s
+    RETURNING expires_at > now() AS was_live
+), stored AS (
+    INSERT INTO infinite_pages_cache_partitioned
+           (user_id, content_type, cache_key, content, metadata, token_count, cost_usd, model, expires_at)
+    VALUES (%(user)s, %(ct)s, %(key)s, %(content)s::jsonb, %(metadata)s::jsonb,
+            %(tokens)s, %(cost)s, %(model)s, now() + make_interval(secs => %(ttl)s))
+    RETURNING {ENTRY_COLUMNS}
+), audit AS (
+    INSERT INTO cache_audit_log (user_id, actor, action, content_type, cache_key, details)
+    SELECT %(user)s, %(actor)s, 'put', %(ct)s, %(key)s,
+           jsonb_build_object('ttlSeconds', %(ttl)s, 'tokenCount', %(tokens)s, 'model', %(model)s::text,
+                              'replaced', coalesce((SELECT bool_or(was_live) FROM replaced), false),
+                              'requestId', %(request_id)s::text)
+)
+SELECT stored.*, coalesce((SELECT bool_or(was_live) FROM replaced), false) FROM stored
+"""
+
+DELETE = """
+WITH deleted AS (
+    DELETE FROM infinite_pages_cache_partitioned
+     WHERE user_id = %(user)s AND content_type = %(ct)s AND cache_key = %(key)s
+    RETURNING expires_at > now() AS was_live
+), live AS (
+    SELECT coalesce(bool_or(was_live), false) AS found FROM deleted
+), audit AS (
+    INSERT INTO cache_audit_log (user_id, actor, action, content_type, cache_key, details)
+    SELECT %(user)s, %(actor)s, 'delete', %(ct)s, %(key)s, jsonb_build_object('requestId', %(request_id)s::text)
+      FROM live WHERE found
+)
+SELECT found FROM live
+"""
+
+ERASE = """
+WITH deleted AS (
+    DELETE FROM infinite_pages_cache_partitioned WHERE user_id = %(user)s RETURNING 1
+), stats AS (
+    DELETE FROM cache_access_stats WHERE user_id = %(user)s RETURNING 1
+), counted AS (
+    SELECT (SELECT count(*) FROM deleted) AS entries, (SELECT count(*) FROM stats) AS stat_rows
+), audit AS (
+    INSERT INTO cache_audit_log (user_id, actor, action, details)
+    SELECT %(user)s, %(actor)s, 'erase',
+           jsonb_build_object('entries', entries, 'statRows', stat_rows, 'requestId', %(request_id)s::text)
+      FROM counted
+)
+SELECT entries FROM counted
+"""
+
+STATS = """
+SELECT content_type, sum(hits)::bigint, sum(misses)::bigint, sum(tokens_saved)::bigint, sum(cost_saved_usd)::float8
+  FROM cache_access_stats
+ WHERE user_id = %s
+ GROUP BY content_type
+ ORDER BY content_type
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """On whose behalf a request acts, and who sent it (for the audit log)."""
+
+    user_id: uuid.UUID
+    label: str  # 'user' or 'service_role:<sub>'
+    request_id: str
+
+
+def _entry(row: Sequence) -> tuple[tuple[int, dt.datetime], CacheEntry]:
+    (id_, created_at, content_type, key, content, metadata, tokens, cost, model, hits, accessed, expires) = row[:12]
+    entry = CacheEntry(
+        content_type=content_type,
+        key=key,
+        content=msgspec.Raw(content.encode()),
+        metadata=msgspec.Raw(metadata.encode()),
+        token_count=tokens,
+        cost_usd=cost,
+        model=model,
+        hit_count=hits,
+        created_at=created_at,
+        last_accessed_at=accessed,
+        expires_at=expires,
+    )
+    return (id_, created_at), entry
+
+
+class CacheStore:
+    def __init__(self, pool: AsyncConnectionPool, settings: Settings, counters: Counters) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.counters = counters
+        self._timeouts = (str(settings.statement_timeout_ms), str(settings.idle_in_transaction_timeout_ms))
+
+    async def _transaction(self, user_id: uuid.UUID, statements: list[tuple[str, object]]) -> list[psycopg.AsyncCursor]:
+        """Run ``statements`` in one transaction acting as ``user_id``, in one round trip."""
+        async with self.pool.connection() as conn:
+            try:
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    await conn.execute(SET_CONTEXT, (str(user_id), *self._timeouts))
+                    cursors = [await conn.execute(sql, params) for sql, params in statements]
+                    await conn.execute("COMMIT")
+            except BaseException:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    await conn.rollback()
+                raise
+            return cursors
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, user_id: uuid.UUID, content_type: str, key: str) -> CacheEntry | None:
+        (cur,) = await self._transaction(user_id, [(GET, (user_id, content_type, key))])
+        row = await cur.fetchone()
+        if row is None:
+            self.counters.miss(user_id, content_type)
+            return None
+        return self._count_hit(user_id, row)
+
+    async def lookup(self, user_id: uuid.UUID, items: list[LookupItem]) -> list[CacheEntry | None]:
+        (cur,) = await self._transaction(
+            user_id, [(LOOKUP, ([i.content_type for i in items], [i.key for i in items], user_id))]
+        )
+        found = {row[0]: row[1:] for row in await cur.fetchall()}
+        results: list[CacheEntry | None] = []
+        for ordinal, item in enumerate(items, start=1):
+            row = found.get(ordinal)
+            if row is None:
+                self.counters.miss(user_id, item.content_type)
+                results.append(None)
+            else:
+                results.append(self._count_hit(user_id, row))
+        return results
+
+    def _count_hit(self, user_id: uuid.UUID, row: Sequence) -> CacheEntry:
+        entry_key, entry = _entry(row)
+        before = self.counters.hit(user_id, entry.content_type, entry_key, entry.token_count, entry.cost_usd)
+        if before is not None:  # hits counted here but not yet flushed to the row
+            entry.hit_count += before.hits
+            if entry.last_accessed_at is None or before.last_accessed_at > entry.last_accessed_at:
+                entry.last_accessed_at = before.last_accessed_at
+        return entry
+
+    async def stats(self, user_id: uuid.UUID) -> StatsResponse:
+        (cur,) = await self._transaction(user_id, [(STATS, (user_id,))])
+        by_type = [
+            ContentTypeStats(
+                content_type=ct, hits=h, misses=m, hit_rate=_rate(h, m), tokens_saved=t, cost_saved_usd=round(c, 6)
+            )
+            for ct, h, m, t, c in await cur.fetchall()
+        ]
+        hits = sum(s.hits for s in by_type)
+        misses = sum(s.misses for s in by_type)
+        return StatsResponse(
+            hits=hits,
+            misses=misses,
+            hit_rate=_rate(hits, misses),
+            tokens_saved=sum(s.tokens_saved for s in by_type),
+            cost_saved_usd=round(sum(s.cost_saved_usd for s in by_type), 6),
+            by_content_type=by_type,
+        )
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def put(self, actor: Actor, content_type: str, key: str, body: PutEntry, ttl_seconds: int) -> tuple[CacheEntry, bool]:
+        """Store an entry, replacing any older one; returns (entry, replaced a live entry).
+
+        Idempotent by key (the same PUT twice leaves the same single live entry), which is
+        what makes retrying it safe. A month with no partition yet is created through
+        ensure_monthly_partitions() and the write retried once.
+        """
+        params = {
+            "user": actor.user_id,
+            "ct": content_type,
+            "key": key,
+            "content": bytes(body.content).decode(),
+            "metadata": bytes(body.metadata).decode(),
+            "tokens": body.token_count,
+            "cost": body.cost_usd,
+            "model": body.model,
+            "ttl": ttl_seconds,
+            "actor": actor.label,
+            "request_id": actor.request_id,
+        }
+        statements = [(LOCK_KEY, (str(actor.user_id), content_type, key)), (PUT, params)]
+        try:
+            cursors = await self._transaction(actor.user_id, statements)
+        except errors.CheckViolation as exc:
+            if "no partition of relation" not in str(exc):
+                raise
+            await self.ensure_partitions(actor.user_id)
+            cursors = await self._transaction(actor.user_id, statements)
+        row = await cursors[1].fetchone()
+        _, entry = _entry(row)
+        return entry, bool(row[12])
+
+    async def ensure_partitions(self, user_id: uuid.UUID) -> None:
+        await self._transaction(user_id, [("SELECT ensure_monthly_partitions(now())", None)])
+
+    async def delete(self, actor: Actor, content_type: str, key: str) -> bool:
+        params = {"user": actor.user_id, "ct": content_type, "key": key, "actor": actor.label, "request_id": actor.request_id}
+        cursors = await self._transaction(
+            actor.user_id, [(LOCK_KEY, (str(actor.user_id), content_type, key)), (DELETE, params)]
+        )
+        return bool((await cursors[1].fetchone())[0])
+
+    async def erase(self, actor: Actor) -> int:
+        params = {"user": actor.user_id, "actor": actor.label, "request_id": actor.request_id}
+        (cur,) = await self._transaction(actor.user_id, [(ERASE, params)])
+        self.counters.forget(actor.user_id)  # nothing of theirs may come back with a flush
+        return (await cur.fetchone())[0]
+
+
+def _rate(hits: int, misses: int) -> float | None:
+    total = hits + misses
+    return round(hits / total, 4) if total else None
