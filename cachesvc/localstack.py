@@ -335,7 +335,7 @@ class LocalStack:
         }
 
     def settings(self, **overrides) -> Settings:
-        return Settings.from_env(self.env() | {k: str(v) for k, v in overrides.items()})
+        return Settings.from_env(self.env() | {f"CACHESVC_{k.upper()}": str(v) for k, v in overrides.items()})
 
     def start(self, *, migrate: bool = True, log=lambda msg: None) -> None:
         self.home.mkdir(parents=True, exist_ok=True)

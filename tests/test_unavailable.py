@@ -1,0 +1,46 @@
+"""Database unreachable: 503 `unavailable` with Retry-After, quickly; recovery without a restart."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx2
+
+from cachesvc import pgbouncer
+from cachesvc.localstack import LocalPgBouncer, free_port
+from tests.conftest import LiveService
+
+
+def test_pgbouncer_down_gives_503_then_recovers(stack, tokens, tmp_path):
+    port = free_port()
+    url = f"postgresql://cachesvc_app:{stack.passwords['cachesvc_app']}@127.0.0.1:{port}/cachesvc"
+    directory = stack.home / f"bouncer-{port}"
+    pgbouncer.write(pgbouncer.config_from_settings(stack.settings(database_url=url), directory))
+    bouncer = LocalPgBouncer(directory, port)
+    bouncer.start()
+    service = LiveService(stack, tmp_path / "service.log", database_url=url, pool_size=2, pool_timeout_s=1)
+    h = {"Authorization": f"Bearer {tokens(uuid.uuid4())}"}
+    try:
+        with httpx2.Client(base_url=service.url, timeout=30) as http:
+            assert http.put("/v1/cache/chapter/k", json={"content": 1}, headers=h).status_code == 201
+            bouncer.stop()
+            for _ in range(3):
+                started = time.monotonic()
+                res = http.get("/v1/cache/chapter/k", headers=h)
+                elapsed = time.monotonic() - started
+                assert res.status_code == 503, res.text
+                assert res.json()["error"]["code"] == "unavailable"
+                assert int(res.headers["retry-after"]) > 0
+                assert elapsed < 5, f"took {elapsed:.1f}s to fail"
+            assert http.get("/readyz").status_code == 503
+            bouncer.start()
+            deadline = time.monotonic() + 30
+            while (res := http.get("/v1/cache/chapter/k", headers=h)).status_code != 200:
+                assert res.status_code == 503
+                assert time.monotonic() < deadline, "service did not recover"
+                time.sleep(0.2)
+            assert res.json()["content"] == 1
+    finally:
+        service.stop()
+        bouncer.stop()
