@@ -1,6 +1,6 @@
 """The ``cachesvc`` command line.
 
-Exit codes: 0 ok, 1 failure, 2 usage error. Machine-readable results go to stdout as
+Exit codes: 0 ok, 1 failure, 2 usage error (3: a check found problems; see maintenance). Machine-readable results go to stdout as
 JSON; progress and errors go to stderr.
 """
 
@@ -15,6 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from cachesvc.maintenance import cli as maintenance_cli
 from cachesvc.settings import Settings, SettingsError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("settings", help="print the effective settings (secrets masked)")
     p.set_defaults(func=cmd_settings)
+
+    maintenance_cli.register(sub)
     return parser
 
 

@@ -77,6 +77,8 @@ class Settings:
     dev_pgbouncer_port: int = _setting(56432, help="scripts/dev: port of the embedded PgBouncer")
 
     partitions_ahead: int = _setting(3, help="months of partitions kept ahead of now")
+    audit_retention_months: int = _setting(3, help="whole audit months kept in the database before archiving")
+    archive_dir: Path = _setting(Path("audit-archive"), help="where `audit archive` writes months (default --dest)")
     log_format: str = _setting("auto", help="json, text, or auto (json unless stderr is a terminal)")
     log_level: str = _setting("INFO", help="logging level")
 

@@ -119,11 +119,11 @@ def upgrade() -> None:
     )
     sqlfiles.execute("RESET ROLE")
     # Readiness compares the schema's revision with the service's; let it read it.
-    op.execute("GRANT SELECT ON alembic_version TO cache_app, cache_monitor")
+    op.execute("GRANT SELECT ON alembic_version TO cache_app, cache_monitor, cache_maintainer")
 
 
 def downgrade() -> None:
-    op.execute("REVOKE SELECT ON alembic_version FROM cache_app, cache_monitor")
+    op.execute("REVOKE SELECT ON alembic_version FROM cache_app, cache_monitor, cache_maintainer")
     sqlfiles.execute(
         """
         DROP VIEW IF EXISTS feature_table_health, user_cache_analytics, cache_connection_metrics,
