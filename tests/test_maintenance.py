@@ -480,3 +480,18 @@ def test_runbook_queries_run(stack, check):
 
 def test_there_are_runbook_queries():
     assert len(CHECKS) >= 6
+
+
+def test_schedule_files_name_real_commands():
+    deploy = PROJECT_ROOT / "deploy"
+    services = {p.stem for p in (deploy / "systemd").glob("*.service")}
+    timers = {p.stem for p in (deploy / "systemd").glob("*.timer")}
+    assert timers and timers <= services
+    texts = [p.read_text() for p in (deploy / "systemd").glob("*.service")] + [(deploy / "cron" / "cachesvc.crontab").read_text()]
+    for text in texts:
+        for word in text.split():
+            if word.startswith("/opt/cachesvc/scripts/"):
+                assert (PROJECT_ROOT / "scripts" / word.rsplit("/", 1)[1]).exists(), word
+    crontab = texts[-1]
+    for script in ("create-partitions", "cleanup-expired", "archive-audit", "check-partition-health"):
+        assert script in crontab
