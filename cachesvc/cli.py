@@ -48,7 +48,7 @@ def cmd_serve(args, settings: Settings) -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     return EXIT_OK
 

@@ -55,6 +55,9 @@ class Settings:
     pool_size: int = _setting(10, help="fixed size of the service's connection pool")
     pool_timeout_s: float = _setting(5.0, help="longest wait for a pooled connection")
     connect_timeout_s: int = _setting(5, help="TCP connect timeout to the database")
+    request_timeout_s: float = _setting(
+        6.0, help="longest a request waits on the database before 503 (covers PgBouncer's queue too)"
+    )
     statement_timeout_ms: int = _setting(5000, help="SET LOCAL statement_timeout per request")
     idle_in_transaction_timeout_ms: int = _setting(
         10000, help="SET LOCAL idle_in_transaction_session_timeout per request"
@@ -67,6 +70,9 @@ class Settings:
     max_ttl_s: int = _setting(90 * 86400, help="largest ttlSeconds accepted")
     max_body_bytes: int = _setting(1 << 20, help="largest request body accepted (413 beyond)")
     flush_interval_s: float = _setting(2.0, help="how often in-memory hit counters are flushed")
+    rate_limit_per_s: float = _setting(100.0, help="per-user token bucket refill rate (0 disables rate limiting)")
+    rate_limit_burst: int = _setting(200, help="per-user token bucket size")
+    shutdown_grace_s: int = _setting(10, help="on SIGTERM, how long in-flight requests may finish")
 
     pgbouncer_listen_addr: str = _setting("127.0.0.1", help="PgBouncer listen_addr")
     pgbouncer_pool_size: int = _setting(20, help="PgBouncer default_pool_size")
@@ -81,6 +87,7 @@ class Settings:
     archive_dir: Path = _setting(Path("audit-archive"), help="where `audit archive` writes months (default --dest)")
     log_format: str = _setting("auto", help="json, text, or auto (json unless stderr is a terminal)")
     log_level: str = _setting("INFO", help="logging level")
+    access_log: bool = _setting(True, help="one log line per request (id, route, status, latency, hashed user)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

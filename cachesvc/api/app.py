@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
+import time
 import uuid
+
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,27 +21,47 @@ from cachesvc import db, migrations
 from cachesvc.api import cache, errors, openapi
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.store import CacheStore
+from cachesvc.metrics import Metrics
+from cachesvc.ratelimit import RateLimiter
 from cachesvc.settings import Settings
 
 log = logging.getLogger("cachesvc.api")
+access_log = logging.getLogger("cachesvc.access")
 
 
-def endpoint(handler):
-    """Request id in and out, and every failure turned into a typed error body."""
+def endpoint(handler, route: str):
+    """Request id in and out, every failure turned into a typed error body, metrics, access log."""
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
+        started = time.perf_counter()
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = rid
+        metrics: Metrics = request.app.state.metrics
         try:
             response = await handler(request)
         except errors.ApiError as exc:
             response = await errors.on_api_error(request, exc)
         except errors.UNAVAILABLE as exc:
+            metrics.db_errors.labels(type(exc).__name__).inc()
             response = await errors.on_database_unavailable(request, exc)
         except Exception as exc:
+            metrics.db_errors.labels("unexpected").inc()
             response = await errors.on_unexpected(request, exc)
         response.headers["x-request-id"] = rid
+        elapsed = time.perf_counter() - started
+        metrics.requests.labels(route, request.method, str(response.status_code)).observe(elapsed)
+        if request.app.state.settings.access_log:
+            user = getattr(request.state, "user_id", None)
+            access_log.info(
+                "request",
+                extra={"fields": {
+                    "requestId": rid, "method": request.method, "route": route, "status": response.status_code,
+                    "ms": round(elapsed * 1000, 3),
+                    # A stable pseudonym: logs can follow a user without naming them.
+                    "user": hashlib.sha256(user.bytes).hexdigest()[:16] if user else None,
+                }},
+            )
         return response
 
     return wrapped
@@ -58,6 +82,7 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:  # readiness reports, it never raises
         log.warning("readiness check failed: %s", exc)
     ready = all(checks.values())
+    state.metrics.ready.set(1 if ready else 0)
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks, "expectedRevision": state.expected_revision},
         status_code=200 if ready else 503,
@@ -69,16 +94,26 @@ async def openapi_document(request: Request) -> Response:
     return Response(request.app.state.openapi, media_type="application/json")
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def route(path: str, handler, method: str, *, template: str | None = None) -> Route:
+    return Route(path, endpoint(handler, template or path), methods=[method])
+
+
+ENTRY = "/v1/cache/{contentType}/{key}"
 ROUTES = [
-    Route("/healthz", endpoint(healthz), methods=["GET"]),
-    Route("/readyz", endpoint(readyz), methods=["GET"]),
-    Route("/openapi.json", endpoint(openapi_document), methods=["GET"]),
-    Route("/v1/cache/stats", endpoint(cache.stats), methods=["GET"]),
-    Route("/v1/cache/lookup", endpoint(cache.lookup), methods=["POST"]),
-    Route("/v1/cache", endpoint(cache.erase), methods=["DELETE"]),
-    Route("/v1/cache/{content_type}/{key:path}", endpoint(cache.get_entry), methods=["GET"]),
-    Route("/v1/cache/{content_type}/{key:path}", endpoint(cache.put_entry), methods=["PUT"]),
-    Route("/v1/cache/{content_type}/{key:path}", endpoint(cache.delete_entry), methods=["DELETE"]),
+    route("/healthz", healthz, "GET"),
+    route("/readyz", readyz, "GET"),
+    route("/metrics", metrics_endpoint, "GET"),
+    route("/openapi.json", openapi_document, "GET"),
+    route("/v1/cache/stats", cache.stats, "GET"),
+    route("/v1/cache/lookup", cache.lookup, "POST"),
+    route("/v1/cache", cache.erase, "DELETE"),
+    route("/v1/cache/{content_type}/{key:path}", cache.get_entry, "GET", template=ENTRY),
+    route("/v1/cache/{content_type}/{key:path}", cache.put_entry, "PUT", template=ENTRY),
+    route("/v1/cache/{content_type}/{key:path}", cache.delete_entry, "DELETE", template=ENTRY),
 ]
 
 
@@ -91,19 +126,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.settings = settings
         state.expected_revision = migrations.head_revision()
         state.openapi = openapi.document_bytes()
+        state.metrics = Metrics()
+        state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         state.pool = db.create_pool(settings)
         state.counters = Counters()
-        state.store = CacheStore(state.pool, settings, state.counters)
+        state.metrics.pool, state.metrics.counters = state.pool, state.counters
+        state.store = CacheStore(
+            state.pool, settings, state.counters, on_retry=lambda: state.metrics.retries.labels("cache").inc()
+        )
         await db.open_pool(state.pool)
-        flusher = asyncio.create_task(state.counters.run(state.pool, settings.flush_interval_s))
+        flusher = asyncio.create_task(state.counters.run(state.pool, settings.flush_interval_s, state.metrics))
+        log.info("ready to serve", extra={"fields": {"pool": settings.pool_size}})
         try:
             yield
         finally:
+            # The server has stopped accepting and let in-flight requests finish; what is
+            # left: the last counters, then the pool.
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             try:
-                await state.counters.flush(state.pool)
+                flushed = await state.counters.flush(state.pool)
+                log.info("final counter flush", extra={"fields": {"keys": flushed}})
             except Exception as exc:
                 log.error("final counter flush failed; %d counters lost: %s", state.counters.pending, exc)
             await state.pool.close()

@@ -9,7 +9,8 @@ from starlette.responses import Response
 from cachesvc.api.errors import ApiError, validation_error
 from cachesvc.api.identity import acting_user
 from cachesvc.cache import models
-from cachesvc.cache.store import CacheStore
+from cachesvc.cache.store import Actor, CacheStore
+from cachesvc.ratelimit import retry_after
 from cachesvc.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
@@ -22,6 +23,18 @@ def json_response(obj, status: int = 200) -> Response:
 def _context(request: Request) -> tuple[CacheStore, Settings]:
     state = request.app.state
     return state.store, state.settings
+
+
+def _actor(request: Request, settings: Settings) -> Actor:
+    """Who acts (identity.py), within their rate limit."""
+    actor = acting_user(request, settings)
+    request.state.user_id = actor.user_id
+    wait = request.app.state.limiter.take(actor.user_id)
+    if wait:
+        request.app.state.metrics.rate_limited.inc()
+        raise ApiError(429, "rate_limited", "too many requests for this user; slow down",
+                       headers={"Retry-After": retry_after(wait)})
+    return actor
 
 
 def _path_params(request: Request) -> tuple[str, str]:
@@ -64,9 +77,10 @@ def decode(body: bytes, type_):
 
 async def get_entry(request: Request) -> Response:
     store, settings = _context(request)
-    actor = acting_user(request, settings)
+    actor = _actor(request, settings)
     content_type, key = _path_params(request)
     entry = await store.get(actor.user_id, content_type, key)
+    request.app.state.metrics.lookup(content_type, entry is not None)
     if entry is None:
         raise ApiError(404, "cache_miss", f"no live entry for {content_type}/{key}")
     return json_response(entry)
@@ -74,7 +88,7 @@ async def get_entry(request: Request) -> Response:
 
 async def put_entry(request: Request) -> Response:
     store, settings = _context(request)
-    actor = acting_user(request, settings)
+    actor = _actor(request, settings)
     content_type, key = _path_params(request)
     body = decode(await read_body(request, settings.max_body_bytes), models.PutEntry)
     if not models.is_json_object(body.metadata):
@@ -88,7 +102,7 @@ async def put_entry(request: Request) -> Response:
 
 async def delete_entry(request: Request) -> Response:
     store, settings = _context(request)
-    actor = acting_user(request, settings)
+    actor = _actor(request, settings)
     content_type, key = _path_params(request)
     if not await store.delete(actor, content_type, key):
         raise ApiError(404, "cache_miss", f"no live entry for {content_type}/{key}")
@@ -97,12 +111,14 @@ async def delete_entry(request: Request) -> Response:
 
 async def lookup(request: Request) -> Response:
     store, settings = _context(request)
-    actor = acting_user(request, settings)
+    actor = _actor(request, settings)
     body = decode(await read_body(request, settings.max_body_bytes), models.LookupRequest)
     for index, item in enumerate(body.items):
         if not models.is_valid_key(item.key):
             raise validation_error(f"key must be 1-{models.MAX_KEY_LENGTH} printable characters", f"items[{index}].key")
     entries = await store.lookup(actor.user_id, body.items)
+    for item, entry in zip(body.items, entries):
+        request.app.state.metrics.lookup(item.content_type, entry is not None)
     results = [
         models.LookupResult(content_type=item.content_type, key=item.key, hit=entry is not None, entry=entry)
         for item, entry in zip(body.items, entries)
@@ -112,11 +128,11 @@ async def lookup(request: Request) -> Response:
 
 async def erase(request: Request) -> Response:
     store, settings = _context(request)
-    actor = acting_user(request, settings)
+    actor = _actor(request, settings)
     return json_response(models.EraseResponse(deleted=await store.erase(actor)))
 
 
 async def stats(request: Request) -> Response:
     store, settings = _context(request)
-    actor = acting_user(request, settings)
+    actor = _actor(request, settings)
     return json_response(await store.stats(actor.user_id))

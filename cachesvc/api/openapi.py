@@ -16,6 +16,7 @@ ERRORS = {
     "401": "unauthorized: missing, malformed, forged, expired or unsigned bearer token",
     "403": "forbidden: the token may not act for this user",
     "413": "payload_too_large: body over the configured limit",
+    "429": "rate_limited: too many requests for this user (see Retry-After)",
     "503": "unavailable: the database cannot be reached right now (see Retry-After)",
 }
 
@@ -29,7 +30,7 @@ def _errors(*statuses: str) -> dict:
 
 
 def _common(*extra: str) -> dict:
-    return _errors("400", "401", "403", "503", *extra)
+    return _errors("400", "401", "403", "429", "503", *extra)
 
 
 ENTRY_PARAMS = [
@@ -97,6 +98,9 @@ def document() -> dict:
         },
         "/healthz": {"get": {"operationId": "healthz", "security": [], "summary": "Process alive",
                              "responses": {"200": {"description": "alive"}}}},
+        "/metrics": {"get": {"operationId": "metrics", "security": [], "summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "text exposition format",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/readyz": {"get": {"operationId": "readyz", "security": [], "summary": "Ready to serve",
                             "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
     }

@@ -147,13 +147,17 @@ class Counters:
         self.last_flush_monotonic = time.monotonic()
         return len(entries) + len(stats)
 
-    async def run(self, pool: AsyncConnectionPool, interval: float) -> None:
+    async def run(self, pool: AsyncConnectionPool, interval: float, metrics=None) -> None:
         """The background flusher: every ``interval`` seconds until cancelled."""
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.flush(pool)
+                outcome = "ok"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # kept for the next round; the service goes on
+                outcome = "failed"
                 log.warning("counter flush failed, will retry: %s", exc)
+            if metrics is not None:
+                metrics.flushes.labels(outcome).inc()

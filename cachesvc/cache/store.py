@@ -9,6 +9,7 @@ lets the planner use the lookup index directly).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Sequence
@@ -147,15 +148,65 @@ def _entry(row: Sequence) -> tuple[tuple[int, dt.datetime], CacheEntry]:
     return (id_, created_at), entry
 
 
+class DatabaseTimeout(psycopg.OperationalError):
+    """The database did not answer within the request's time budget."""
+
+
+def connection_lost(exc: psycopg.OperationalError) -> bool:
+    """The attempt failed because its connection died (not a timeout or a lock wait)."""
+    if isinstance(exc, DatabaseTimeout | errors.QueryCanceled | errors.LockNotAvailable):
+        return False
+    state = exc.sqlstate or ""
+    return not state or state.startswith(("08", "57P"))
+
+
 class CacheStore:
-    def __init__(self, pool: AsyncConnectionPool, settings: Settings, counters: Counters) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, settings: Settings, counters: Counters, on_retry=lambda: None
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.counters = counters
+        self.on_retry = on_retry
+        self._background: set[asyncio.Task] = set()
         self._timeouts = (str(settings.statement_timeout_ms), str(settings.idle_in_transaction_timeout_ms))
 
-    async def _transaction(self, user_id: uuid.UUID, statements: list[tuple[str, object]]) -> list[psycopg.AsyncCursor]:
-        """Run ``statements`` in one transaction acting as ``user_id``, in one round trip."""
+    async def _transaction(
+        self, user_id: uuid.UUID, statements: list[tuple[str, object]], *, retry: bool = True
+    ) -> list[psycopg.AsyncCursor]:
+        """Run ``statements`` in one transaction acting as ``user_id``, in one round trip.
+
+        Bounded: after ``request_timeout_s`` the caller gets ``DatabaseTimeout`` at once,
+        while the attempt is cancelled in the background (psycopg cancels the query or
+        closes the connection; the pool replaces it). With ``retry``, an attempt that lost
+        its connection (server restarted, backend terminated) is made once more: only for
+        reads and for writes that are idempotent.
+        """
+        attempts = 2 if retry else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._bounded(self._once(user_id, statements))
+            except psycopg.OperationalError as exc:
+                if attempt == attempts or not connection_lost(exc):
+                    raise
+                self.on_retry()
+
+    async def _bounded(self, coro):
+        task = asyncio.ensure_future(coro)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_s)
+        except TimeoutError:
+            task.cancel()
+            self._background.add(task)
+            task.add_done_callback(self._finished)
+            raise DatabaseTimeout(f"no answer from the database within {self.settings.request_timeout_s}s") from None
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so it is not reported as never retrieved
+
+    async def _once(self, user_id: uuid.UUID, statements: list[tuple[str, object]]) -> list[psycopg.AsyncCursor]:
         async with self.pool.connection() as conn:
             try:
                 async with conn.pipeline():
@@ -164,7 +215,7 @@ class CacheStore:
                     cursors = [await conn.execute(sql, params) for sql, params in statements]
                     await conn.execute("COMMIT")
             except BaseException:
-                if conn.info.transaction_status != TransactionStatus.IDLE:
+                if not conn.closed and conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
                     await conn.rollback()
                 raise
             return cursors
@@ -244,6 +295,9 @@ class CacheStore:
             "actor": actor.label,
             "request_id": actor.request_id,
         }
+        # PUT by key is idempotent (the same PUT again leaves the same single live entry), so
+        # it may be retried after a dropped connection; DELETE and erase are not retried, as
+        # a retry after a lost COMMIT would answer 404 / 0 for work that was done.
         statements = [(LOCK_KEY, (str(actor.user_id), content_type, key)), (PUT, params)]
         try:
             cursors = await self._transaction(actor.user_id, statements)
@@ -262,13 +316,13 @@ class CacheStore:
     async def delete(self, actor: Actor, content_type: str, key: str) -> bool:
         params = {"user": actor.user_id, "ct": content_type, "key": key, "actor": actor.label, "request_id": actor.request_id}
         cursors = await self._transaction(
-            actor.user_id, [(LOCK_KEY, (str(actor.user_id), content_type, key)), (DELETE, params)]
+            actor.user_id, [(LOCK_KEY, (str(actor.user_id), content_type, key)), (DELETE, params)], retry=False
         )
         return bool((await cursors[1].fetchone())[0])
 
     async def erase(self, actor: Actor) -> int:
         params = {"user": actor.user_id, "actor": actor.label, "request_id": actor.request_id}
-        (cur,) = await self._transaction(actor.user_id, [(ERASE, params)])
+        (cur,) = await self._transaction(actor.user_id, [(ERASE, params)], retry=False)
         self.counters.forget(actor.user_id)  # nothing of theirs may come back with a flush
         return (await cur.fetchone())[0]
 
