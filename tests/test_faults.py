@@ -1,0 +1,239 @@
+"""Faults under load, on a stack of their own: PostgreSQL or PgBouncer restarted, server
+connections terminated, SIGTERM, pool exhaustion. Every request either succeeds or gets a
+503 within the bound; every acknowledged write is there afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2
+import psycopg
+import pytest
+
+from cachesvc import auth
+from cachesvc.localstack import SUPERUSER, LocalStack
+from tests.conftest import LiveService
+
+BOUND_S = 5.0  # request_timeout_s (2) + pool_timeout_s (1) + slack for a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def fault_stack():
+    home = Path(tempfile.mkdtemp(prefix="cachesvc-faults-"))
+    s = LocalStack.throwaway(home)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def start_service(stack: LocalStack, tmp_path: Path, **settings) -> LiveService:
+    defaults = {"pool_size": 4, "pool_timeout_s": 1, "request_timeout_s": 2, "rate_limit_per_s": 0, "flush_interval_s": 0.5}
+    return LiveService(stack, tmp_path / "service.log", **(defaults | settings))
+
+
+def token(stack: LocalStack, user: uuid.UUID) -> str:
+    return auth.mint(stack.settings().jwt_secret, sub=str(user))
+
+
+@dataclass
+class Load:
+    """Mixed GET/PUT traffic from several users; PUTs use fresh keys so each ack is checkable."""
+
+    url: str
+    stack: LocalStack
+    users: list[uuid.UUID] = field(default_factory=lambda: [uuid.uuid4() for _ in range(6)])
+    acked: list[tuple[uuid.UUID, str, int]] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    slow: list[tuple[str, float, int]] = field(default_factory=list)
+    transport_errors: int = 0
+
+    async def worker(self, client: httpx2.AsyncClient, user: uuid.UUID, until: float) -> None:
+        h = {"Authorization": f"Bearer {token(self.stack, user)}"}
+        n = 0
+        while time.monotonic() < until:
+            n += 1
+            key = f"k-{n}"
+            for method in ("PUT", "GET"):
+                started = time.monotonic()
+                try:
+                    if method == "PUT":
+                        res = await client.put(f"/v1/cache/chapter/{key}", json={"content": n}, headers=h)
+                    else:
+                        res = await client.get(f"/v1/cache/chapter/{key}", headers=h)
+                except httpx2.TransportError:
+                    self.transport_errors += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                elapsed = time.monotonic() - started
+                self.statuses.append(res.status_code)
+                if elapsed > BOUND_S:
+                    self.slow.append((method, elapsed, res.status_code))
+                if method == "PUT" and res.status_code in (200, 201):
+                    self.acked.append((user, key, n))
+                if res.status_code == 503:
+                    assert res.headers.get("retry-after")
+                    await asyncio.sleep(0.05)
+
+    def run(self, seconds: float) -> None:
+        async def main():
+            async with httpx2.AsyncClient(base_url=self.url, timeout=30) as client:
+                until = time.monotonic() + seconds
+                await asyncio.gather(*(self.worker(client, u, until) for u in self.users))
+
+        asyncio.run(main())
+
+    def in_background(self, seconds: float) -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(seconds,))
+        thread.start()
+        return thread
+
+    def check(self, *, allow_transport_errors: bool = False) -> None:
+        assert self.slow == [], f"requests over {BOUND_S}s: {self.slow[:5]}"
+        assert set(self.statuses) <= {200, 201, 404, 503}, sorted(set(self.statuses))
+        assert self.statuses.count(200) + self.statuses.count(201) > 0
+        if not allow_transport_errors:
+            assert self.transport_errors == 0
+        with psycopg.connect(self.stack.url(SUPERUSER)) as conn:
+            stored = {
+                (u, k): c
+                for u, k, c in conn.execute(
+                    "SELECT user_id, cache_key, (content #>> '{}')::int FROM infinite_pages_cache_partitioned"
+                    " WHERE user_id = ANY(%s)",
+                    (self.users,),
+                )
+            }
+        lost = [(u, k) for u, k, n in self.acked if stored.get((u, k)) != n]
+        assert lost == [], f"{len(lost)} acknowledged writes missing, e.g. {lost[:3]}"
+
+
+def wait_recovered(service: LiveService, stack: LocalStack, timeout: float = 30) -> None:
+    user = uuid.uuid4()
+    h = {"Authorization": f"Bearer {token(stack, user)}"}
+    deadline = time.monotonic() + timeout
+    with httpx2.Client(base_url=service.url, timeout=10) as http:
+        while http.put("/v1/cache/chapter/probe", json={"content": 1}, headers=h).status_code not in (200, 201):
+            assert time.monotonic() < deadline, "the service did not recover by itself"
+            time.sleep(0.2)
+        assert http.get("/readyz").status_code == 200
+
+
+def test_postgres_stopped_during_load(fault_stack, tmp_path):
+    service = start_service(fault_stack, tmp_path)
+    try:
+        load = Load(service.url, fault_stack)
+        thread = load.in_background(9)
+        time.sleep(2)
+        fault_stack.postgres.stop()
+        time.sleep(3)
+        fault_stack.postgres.start()
+        thread.join()
+        wait_recovered(service, fault_stack)
+        load.check()
+        assert 503 in load.statuses  # the outage was seen, and answered quickly
+    finally:
+        service.stop()
+
+
+def test_pgbouncer_restarted_during_load(fault_stack, tmp_path):
+    service = start_service(fault_stack, tmp_path)
+    try:
+        load = Load(service.url, fault_stack)
+        thread = load.in_background(7)
+        time.sleep(2)
+        fault_stack.bouncer.stop()
+        time.sleep(1.5)
+        fault_stack.bouncer.start()
+        thread.join()
+        wait_recovered(service, fault_stack)
+        load.check()
+    finally:
+        service.stop()
+
+
+def test_terminated_server_connections_are_replaced(fault_stack, tmp_path):
+    service = start_service(fault_stack, tmp_path)
+    try:
+        load = Load(service.url, fault_stack)
+        thread = load.in_background(6)
+        killed = 0
+        with psycopg.connect(fault_stack.url(SUPERUSER), autocommit=True) as admin:
+            for _ in range(4):
+                time.sleep(1)
+                killed += admin.execute(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE usename = 'cachesvc_app' AND pid <> pg_backend_pid()) t"
+                ).fetchone()[0]
+        thread.join()
+        assert killed > 0
+        wait_recovered(service, fault_stack)
+        load.check()
+        metrics = httpx2.get(service.url + "/metrics").text
+        assert "cachesvc_request_duration_seconds_count" in metrics
+    finally:
+        service.stop()
+
+
+def test_sigterm_finishes_in_flight_flushes_counters_loses_nothing(fault_stack, tmp_path):
+    # Counters are flushed only at shutdown here (interval far longer than the test).
+    service = start_service(fault_stack, tmp_path, flush_interval_s=600, shutdown_grace_s=10)
+    user = uuid.uuid4()
+    h = {"Authorization": f"Bearer {token(fault_stack, user)}"}
+    with httpx2.Client(base_url=service.url, timeout=30) as http:
+        assert http.put("/v1/cache/chapter/hot", json={"content": "x", "tokenCount": 7}, headers=h).status_code == 201
+        hits = sum(http.get("/v1/cache/chapter/hot", headers=h).status_code == 200 for _ in range(25))
+    load = Load(service.url, fault_stack)
+    thread = load.in_background(4)
+    time.sleep(1.5)
+    service.proc.send_signal(signal.SIGTERM)
+    # A graceful stop; the server then re-raises SIGTERM, as a process killed by it would.
+    assert service.proc.wait(30) in (0, -signal.SIGTERM)
+    thread.join()
+    load.check(allow_transport_errors=True)  # requests sent after the listener closed are refused
+    log = service.log_path.read_text()
+    assert "final counter flush" in log and "Traceback" not in log
+    with psycopg.connect(fault_stack.url(SUPERUSER)) as conn:
+        row = conn.execute(
+            "SELECT hit_count FROM infinite_pages_cache_partitioned WHERE user_id = %s AND cache_key = 'hot'", (user,)
+        ).fetchone()
+        stats = conn.execute("SELECT sum(hits), sum(tokens_saved) FROM cache_access_stats WHERE user_id = %s", (user,)).fetchone()
+    assert row == (hits,) and hits == 25
+    assert stats == (25, 175)
+
+
+def test_pool_exhaustion_waits_at_most_the_bound_then_503(fault_stack, tmp_path):
+    service = start_service(fault_stack, tmp_path, pool_size=2)
+    user = uuid.uuid4()
+    h = {"Authorization": f"Bearer {token(fault_stack, user)}"}
+    try:
+        with httpx2.Client(base_url=service.url, timeout=30) as http:
+            assert http.put("/v1/cache/chapter/k", json={"content": 1}, headers=h).status_code == 201
+        with psycopg.connect(fault_stack.url(SUPERUSER)) as blocker:
+            blocker.execute("LOCK TABLE infinite_pages_cache_partitioned IN ACCESS EXCLUSIVE MODE")
+
+            async def burst():
+                async with httpx2.AsyncClient(base_url=service.url, timeout=30) as client:
+                    async def one():
+                        started = time.monotonic()
+                        res = await client.get("/v1/cache/chapter/k", headers=h)
+                        return res.status_code, time.monotonic() - started
+
+                    return await asyncio.gather(*(one() for _ in range(10)))
+
+            results = asyncio.run(burst())
+            blocker.rollback()
+        assert {status for status, _ in results} == {503}, results
+        assert max(elapsed for _, elapsed in results) < BOUND_S, results
+        wait_recovered(service, fault_stack)
+    finally:
+        service.stop()
