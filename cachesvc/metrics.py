@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.cache.counters import Counters
@@ -37,15 +37,15 @@ class PoolCollector:
         yield GaugeMetricFamily("cachesvc_pool_max", "configured pool size", value=pool.max_size if pool else 0)
         in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
         yield GaugeMetricFamily("cachesvc_pool_in_use", "connections serving a request", value=max(in_use, 0))
-        # Cumulative counters from the pool, exposed as gauges of totals (they survive resets of ours).
+        # The pool's own cumulative counts (psycopg_pool keeps them; get_stats() does not reset them).
         for name, key, doc in (
-            ("cachesvc_pool_connection_errors_total", "connections_errors", "failed attempts to open a connection"),
-            ("cachesvc_pool_connections_lost_total", "connections_lost", "connections found broken on checkout"),
-            ("cachesvc_pool_requests_errors_total", "requests_errors", "requests that got no connection in time"),
-            ("cachesvc_pool_wait_seconds_total", "requests_wait_ms", "total time requests waited for a connection"),
+            ("cachesvc_pool_connection_errors", "connections_errors", "failed attempts to open a connection"),
+            ("cachesvc_pool_connections_lost", "connections_lost", "connections found broken on checkout"),
+            ("cachesvc_pool_requests_errors", "requests_errors", "requests that got no connection in time"),
+            ("cachesvc_pool_wait_seconds", "requests_wait_ms", "total time requests waited for a connection"),
         ):
             value = stats.get(key, 0)
-            yield GaugeMetricFamily(name, doc, value=value / 1000 if key.endswith("_ms") else value)
+            yield CounterMetricFamily(name, doc, value=value / 1000 if key.endswith("_ms") else value)
         counters = self.metrics.counters
         lag = time.monotonic() - counters.last_flush_monotonic if counters else 0
         yield GaugeMetricFamily("cachesvc_counter_flush_lag_seconds", "seconds since hit counters were last flushed", value=lag)

@@ -66,4 +66,6 @@ def register(sub) -> None:
     p = sub.add_parser("health", help="health reports")
     hs = p.add_subparsers(dest="health_command", required=True, metavar="SUBCOMMAND")
     c = hs.add_parser("partitions", help="per partition: rows, size, expired share, dead tuples, upkeep, coverage")
-    c.set_defaults(func=lambda a, s: execute("health partitions", s, health.health))
+    c.add_argument("--metrics-file", type=Path, metavar="PATH",
+                   help="also write Prometheus metrics there (for node_exporter's textfile collector)")
+    c.set_defaults(func=lambda a, s: execute("health partitions", s, lambda run: health.health(run, a.metrics_file)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 from psycopg import sql
 
@@ -17,7 +18,7 @@ MAX_DAYS_WITHOUT_VACUUM = 7
 MAX_HOURS_SINCE = {"partitions_ensure": 26, "cleanup": 2, "audit_archive": 26}
 
 
-def health(run: Run) -> None:
+def health(run: Run, metrics_file: Path | None = None) -> None:
     q = run.conn.execute
     rows = q(
         "SELECT parent_table, partition_name, range_start, range_end, row_estimate, total_bytes, live_tuples,"
@@ -75,3 +76,28 @@ def health(run: Run) -> None:
             run.problems.append(f"last successful {action.replace('_', ' ')} run: {row[0] or 'never'} (> {max_hours} h ago)")
 
     run.summary |= {"partitions": report, "monthsAhead": coverage, "lastSuccessfulRun": last_runs}
+    if metrics_file is not None:
+        defaults = {p: int(any(r[0] == p and r[11] for r in rows)) for p in (CACHE, AUDIT)}
+        write_metrics(metrics_file, coverage, defaults, last_runs, len(run.problems))
+
+
+def write_metrics(path: Path, coverage: dict, defaults: dict, last_runs: dict, problems: int) -> None:
+    """Prometheus text format for node_exporter's textfile collector (written atomically)."""
+    lines = [
+        "# HELP cachesvc_partition_months_ahead Months of partitions that exist after the current one (-1: current missing).",
+        "# TYPE cachesvc_partition_months_ahead gauge",
+        *(f'cachesvc_partition_months_ahead{{table="{t}"}} {n}' for t, n in coverage.items()),
+        "# HELP cachesvc_default_partition_present 1 when the table has a DEFAULT partition (it should not).",
+        "# TYPE cachesvc_default_partition_present gauge",
+        *(f'cachesvc_default_partition_present{{table="{t}"}} {v}' for t, v in defaults.items()),
+        "# HELP cachesvc_maintenance_last_success_timestamp_seconds When each maintenance command last succeeded.",
+        "# TYPE cachesvc_maintenance_last_success_timestamp_seconds gauge",
+        *(f'cachesvc_maintenance_last_success_timestamp_seconds{{command="{c}"}} {ts.timestamp() if ts else 0}'
+          for c, ts in last_runs.items()),
+        "# HELP cachesvc_health_problems Problems the last partition health check found.",
+        "# TYPE cachesvc_health_problems gauge",
+        f"cachesvc_health_problems {problems}",
+    ]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,58 @@
+"""Rate limiting, access logs and metrics of a live service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+import httpx2
+
+from tests.conftest import LiveService
+
+
+def test_rate_limit_per_user_with_retry_after(stack, tokens, tmp_path):
+    service = LiveService(stack, tmp_path / "service.log", rate_limit_per_s=0.5, rate_limit_burst=3)
+    try:
+        a, b = uuid.uuid4(), uuid.uuid4()
+        with httpx2.Client(base_url=service.url) as http:
+            ha = {"Authorization": f"Bearer {tokens(a)}"}
+            codes = [http.get("/v1/cache/chapter/k", headers=ha).status_code for _ in range(3)]
+            assert codes == [404, 404, 404]
+            limited = http.get("/v1/cache/chapter/k", headers=ha)
+            assert limited.status_code == 429
+            assert limited.json()["error"]["code"] == "rate_limited"
+            assert int(limited.headers["retry-after"]) >= 1
+            # Another user has a bucket of their own.
+            assert http.get("/v1/cache/chapter/k", headers={"Authorization": f"Bearer {tokens(b)}"}).status_code == 404
+            assert "cachesvc_rate_limited_total 1.0" in http.get("/metrics").text
+    finally:
+        service.stop()
+
+
+def test_access_log_has_ids_and_pseudonyms_never_tokens_or_content(stack, tokens, tmp_path):
+    service = LiveService(stack, tmp_path / "service.log")
+    user = uuid.uuid4()
+    token = tokens(user)
+    secret_content = "content-" + uuid.uuid4().hex
+    try:
+        with httpx2.Client(base_url=service.url) as http:
+            h = {"Authorization": f"Bearer {token}", "X-Request-Id": "req-abc-123"}
+            put = http.put("/v1/cache/chapter/story%2F1", json={"content": secret_content}, headers=h)
+            assert put.headers["x-request-id"] == "req-abc-123"
+            http.get("/v1/cache/chapter/story%2F1", headers={"Authorization": f"Bearer {token}"})
+            http.get("/v1/cache/chapter/absent", headers={"Authorization": f"Bearer {token}"})
+            metrics = http.get("/metrics").text
+    finally:
+        service.stop()
+    log = service.log_path.read_text()
+    assert token not in log and secret_content not in log and str(user) not in log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("msg") == "request"]
+    put_line = next(line for line in requests if line["requestId"] == "req-abc-123")
+    assert put_line["route"] == "/v1/cache/{contentType}/{key}" and put_line["status"] == 201
+    assert put_line["user"] == hashlib.sha256(user.bytes).hexdigest()[:16]
+    assert isinstance(put_line["ms"], float)
+    assert 'cachesvc_cache_lookups_total{content_type="chapter",result="hit"} 1.0' in metrics
+    assert 'cachesvc_cache_lookups_total{content_type="chapter",result="miss"} 1.0' in metrics
+    assert 'route="/v1/cache/{contentType}/{key}"' in metrics
