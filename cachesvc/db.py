@@ -45,17 +45,29 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
     )
 
 
-async def open_pool(pool: AsyncConnectionPool, attempts: int = 6, first_delay: float = 0.5) -> None:
+async def open_pool(pool: AsyncConnectionPool, settings: Settings, first_delay: float = 0.5) -> None:
     """Open the pool, retrying with exponential backoff while the database is unreachable."""
     delay = first_delay
+    attempts = settings.startup_attempts
     for attempt in range(1, attempts + 1):
         try:
-            await pool.open(wait=True, timeout=10)
+            await pool.open(wait=True, timeout=settings.connect_timeout_s + 1)
             return
         except (psycopg.OperationalError, TimeoutError, psycopg.errors.Error) as exc:
             await pool.close()
             if attempt == attempts:
-                raise RuntimeError(f"database unreachable after {attempts} attempts: {exc}") from exc
+                raise RuntimeError(
+                    f"database unreachable after {attempts} attempts ({_where(pool)}): {exc}; "
+                    "check CACHESVC_DATABASE_URL and that PgBouncer and PostgreSQL are up"
+                ) from exc
             log.warning("database not reachable (attempt %d/%d), retrying in %.1fs: %s", attempt, attempts, delay, exc)
             await asyncio.sleep(delay)
             delay *= 2
+
+
+def _where(pool: AsyncConnectionPool) -> str:
+    """host:port/dbname of the pool's DSN, without credentials."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(pool.conninfo)
+    return f"{info.get('host', '?')}:{info.get('port', '?')}/{info.get('dbname', '?')}"

@@ -58,6 +58,7 @@ class Settings:
     request_timeout_s: float = _setting(
         6.0, help="longest a request waits on the database before 503 (covers PgBouncer's queue too)"
     )
+    startup_attempts: int = _setting(6, help="tries to reach the database at start-up (backoff 0.5 s doubling)")
     statement_timeout_ms: int = _setting(5000, help="SET LOCAL statement_timeout per request")
     idle_in_transaction_timeout_ms: int = _setting(
         10000, help="SET LOCAL idle_in_transaction_session_timeout per request"

@@ -56,3 +56,24 @@ def test_access_log_has_ids_and_pseudonyms_never_tokens_or_content(stack, tokens
     assert 'cachesvc_cache_lookups_total{content_type="chapter",result="hit"} 1.0' in metrics
     assert 'cachesvc_cache_lookups_total{content_type="chapter",result="miss"} 1.0' in metrics
     assert 'route="/v1/cache/{contentType}/{key}"' in metrics
+
+
+def test_startup_retries_then_gives_up_with_a_clear_message(stack, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from cachesvc.localstack import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")} | stack.env() | {
+        "CACHESVC_DATABASE_URL": f"postgresql://cachesvc_app:x@127.0.0.1:{port}/cachesvc",
+        "CACHESVC_STARTUP_ATTEMPTS": "3",
+        "CACHESVC_CONNECT_TIMEOUT_S": "1",
+        "CACHESVC_PORT": str(free_port()),
+        "CACHESVC_LOG_FORMAT": "json",
+    }
+    result = subprocess.run([sys.executable, "-m", "cachesvc", "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.count("retrying in") == 2
+    assert f"database unreachable after 3 attempts (127.0.0.1:{port}/cachesvc)" in result.stderr
