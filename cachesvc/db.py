@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -32,6 +33,23 @@ def connection_kwargs(settings: Settings) -> dict:
     return kwargs
 
 
+# A connection used within this many seconds is handed out without a check: checking every
+# checkout costs a full round trip per request (measured: 8.5 % of the service's CPU under
+# load). A busy connection is known good; one that sat idle is checked first. A connection
+# that still dies under a request is handled by the store's retry (reads and PUT).
+CHECK_IF_IDLE_S = 5.0
+
+
+async def check_if_idle(conn: psycopg.AsyncConnection) -> None:
+    last_used = getattr(conn, "_cachesvc_last_used", 0.0)
+    if time.monotonic() - last_used > CHECK_IF_IDLE_S:
+        await AsyncConnectionPool.check_connection(conn)
+
+
+async def mark_used(conn: psycopg.AsyncConnection) -> None:
+    conn._cachesvc_last_used = time.monotonic()
+
+
 def create_pool(settings: Settings) -> AsyncConnectionPool:
     return AsyncConnectionPool(
         settings.database_url,
@@ -39,7 +57,8 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
         max_size=settings.pool_size,
         kwargs=connection_kwargs(settings),
         timeout=settings.pool_timeout_s,
-        check=AsyncConnectionPool.check_connection,
+        check=check_if_idle,
+        reset=mark_used,
         name="cachesvc",
         open=False,
     )

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cachesvc import db, migrations
+from cachesvc import auth, db, migrations
 from cachesvc.api import cache, errors, openapi
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.store import CacheStore
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.openapi = openapi.document_bytes()
         state.metrics = Metrics()
         state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        state.tokens = auth.VerifiedTokens(settings.jwt_secret, settings.jwt_audience)
         state.pool = db.create_pool(settings)
         state.counters = Counters()
         state.metrics.pool, state.metrics.counters = state.pool, state.counters

@@ -20,7 +20,7 @@ def authenticate(request: Request, settings: Settings) -> auth.Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:
-        return auth.verify(token.strip(), settings.jwt_secret, settings.jwt_audience)
+        return request.app.state.tokens.verify(token.strip())
     except auth.AuthError as exc:
         raise ApiError(
             401, "unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
