@@ -41,8 +41,13 @@ def cmd_serve(args, settings: Settings) -> int:
     from cachesvc import api, logs
 
     logs.setup(settings.log_format, settings.log_level)
+    app = api.create_app(settings)
+    if settings.workers > 1:  # separate processes import the app and read the settings again
+        app = "cachesvc.api:create_app"
     uvicorn.run(
-        api.create_app(settings),
+        app,
+        factory=settings.workers > 1,
+        workers=settings.workers,
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_config=None,

@@ -46,6 +46,11 @@ class PoolCollector:
         ):
             value = stats.get(key, 0)
             yield CounterMetricFamily(name, doc, value=value / 1000 if key.endswith("_ms") else value)
+        batcher = self.metrics.batcher
+        yield CounterMetricFamily("cachesvc_read_batches", "coalesced read transactions run",
+                                  value=batcher.batches if batcher else 0)
+        yield CounterMetricFamily("cachesvc_reads_coalesced", "read requests answered together with others",
+                                  value=batcher.coalesced if batcher else 0)
         counters = self.metrics.counters
         lag = time.monotonic() - counters.last_flush_monotonic if counters else 0
         yield GaugeMetricFamily("cachesvc_counter_flush_lag_seconds", "seconds since hit counters were last flushed", value=lag)
@@ -57,6 +62,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.pool: AsyncConnectionPool | None = None
         self.counters: Counters | None = None
+        self.batcher = None  # the store's ReadBatcher, when reads are coalesced
         self.requests = Histogram(
             "cachesvc_request_duration_seconds", "HTTP request latency", ["route", "method", "status"],
             buckets=LATENCY_BUCKETS, registry=self.registry,

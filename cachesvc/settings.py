@@ -34,6 +34,7 @@ class Settings:
     home: Path = _setting(Path(".cachesvc"), help="directory of the embedded local stack")
     host: str = _setting("127.0.0.1", help="address the HTTP service binds")
     port: int = _setting(8080, help="port the HTTP service binds")
+    workers: int = _setting(1, help="server processes (each with its own pool of CACHESVC_POOL_SIZE)")
 
     database_url: str = _setting(
         "postgresql://cachesvc_app@127.0.0.1:6432/cachesvc",
@@ -53,6 +54,9 @@ class Settings:
     )
 
     pool_size: int = _setting(10, help="fixed size of the service's connection pool")
+    read_lanes: int = _setting(
+        2, help="concurrent coalesced read transactions; reads queued meanwhile share one (0: one per request)"
+    )
     pool_timeout_s: float = _setting(5.0, help="longest wait for a pooled connection")
     connect_timeout_s: int = _setting(5, help="TCP connect timeout to the database")
     request_timeout_s: float = _setting(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import time
 import uuid
 
@@ -391,6 +392,10 @@ def test_concurrent_users_never_see_each_other(service, tokens):
 
     for user, seen in asyncio.run(run()):
         assert seen and set(seen) == {str(user)}
+    # Under this concurrency some reads of different users shared one transaction.
+    metrics = httpx2.get(service.url + "/metrics").text
+    coalesced = float(re.search(r"^cachesvc_reads_coalesced_total (\S+)$", metrics, re.M).group(1))
+    assert coalesced > 0
 
 
 # -- the contract -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import psycopg
@@ -224,3 +225,42 @@ def test_app_cannot_read_monitoring_views(app_conn):
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         with acting_as(app_conn, uuid.uuid4()):
             app_conn.execute("SELECT * FROM user_cache_analytics")
+
+
+@contextlib.contextmanager
+def reading_for(conn, users):
+    """A coalesced read transaction, as the service's batcher runs it."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('cachesvc.user_ids', %s, true)", (",".join(str(u) for u in users),))
+        yield conn
+
+
+def test_coalesced_read_sees_exactly_the_batch_users(app_conn, admin):
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for user in (a, b, c):
+        insert_entry(admin, user, key="shared")
+    with reading_for(app_conn, [a, b]):
+        seen = {r[0] for r in app_conn.execute(
+            "SELECT user_id FROM infinite_pages_cache_partitioned WHERE cache_key = 'shared'"
+        )}
+    assert seen == {a, b}  # c's row exists but is not admitted
+
+
+def test_coalesced_read_transaction_cannot_write(app_conn, admin):
+    a, b = uuid.uuid4(), uuid.uuid4()
+    insert_entry(admin, a, key="mine")
+    with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+        with reading_for(app_conn, [a, b]):
+            insert_entry(app_conn, a)
+    with reading_for(app_conn, [a, b]):
+        assert app_conn.execute("UPDATE infinite_pages_cache_partitioned SET hit_count = 9").rowcount == 0
+        assert app_conn.execute("DELETE FROM infinite_pages_cache_partitioned").rowcount == 0
+    assert admin.execute(
+        "SELECT count(*), max(hit_count) FROM infinite_pages_cache_partitioned WHERE user_id = %s", (a,)
+    ).fetchone() == (1, 0)
+
+
+def test_garbage_in_the_user_set_is_an_error_not_a_wider_read(app_conn):
+    with pytest.raises(errors.InvalidTextRepresentation):
+        with reading_for(app_conn, ["not-a-uuid"]):
+            app_conn.execute("SELECT count(*) FROM infinite_pages_cache_partitioned").fetchone()

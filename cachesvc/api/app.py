@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.store = CacheStore(
             state.pool, settings, state.counters, on_retry=lambda: state.metrics.retries.labels("cache").inc()
         )
+        state.metrics.batcher = state.store.batcher
         await db.open_pool(state.pool, settings)
         flusher = asyncio.create_task(state.counters.run(state.pool, settings.flush_interval_s, state.metrics))
         log.info("ready to serve", extra={"fields": {"pool": settings.pool_size}})

@@ -21,12 +21,20 @@ from psycopg import AsyncClientCursor, errors
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
+from cachesvc.cache.batcher import ReadBatcher, Triple
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.models import CacheEntry, ContentTypeStats, LookupItem, PutEntry, StatsResponse
 from cachesvc.settings import Settings
 
 SET_CONTEXT = (
     "SELECT set_config('cachesvc.user_id', %s, true),"
+    " set_config('statement_timeout', %s, true),"
+    " set_config('idle_in_transaction_session_timeout', %s, true)"
+)
+
+# A coalesced read (batcher.py): RLS admits exactly the users of the batch.
+SET_READERS = (
+    "SELECT set_config('cachesvc.user_ids', %s, true),"
     " set_config('statement_timeout', %s, true),"
     " set_config('idle_in_transaction_session_timeout', %s, true)"
 )
@@ -53,6 +61,18 @@ SELECT q.ord, c.*
          WHERE user_id = %s AND content_type = q.content_type AND cache_key = q.cache_key
            AND expires_at > now()
          ORDER BY created_at DESC
+         LIMIT 1) AS c
+"""
+
+BATCH_GET = f"""
+SELECT q.ord, c.*
+  FROM unnest(%s::uuid[], %s::text[], %s::text[]) WITH ORDINALITY AS q(user_id, content_type, cache_key, ord)
+  CROSS JOIN LATERAL (
+        SELECT {ENTRY_COLUMNS}
+          FROM infinite_pages_cache_partitioned AS e
+         WHERE e.user_id = q.user_id AND e.content_type = q.content_type AND e.cache_key = q.cache_key
+           AND e.expires_at > now()
+         ORDER BY e.created_at DESC
          LIMIT 1) AS c
 """
 
@@ -169,10 +189,12 @@ class CacheStore:
         self.counters = counters
         self.on_retry = on_retry
         self._background: set[asyncio.Task] = set()
+        self.batcher = ReadBatcher(self._read_batch, settings.read_lanes) if settings.read_lanes > 0 else None
         self._timeouts = (str(settings.statement_timeout_ms), str(settings.idle_in_transaction_timeout_ms))
 
     async def _transaction(
-        self, user_id: uuid.UUID, statements: list[tuple[str, object]], *, retry: bool = True
+        self, user_id: uuid.UUID | None, statements: list[tuple[str, object]], *, retry: bool = True,
+        readers: Sequence[uuid.UUID] = (),
     ) -> list[list[tuple]]:
         """Run ``statements`` in one transaction acting as ``user_id``, in one round trip.
 
@@ -185,7 +207,7 @@ class CacheStore:
         attempts = 2 if retry else 1
         for attempt in range(1, attempts + 1):
             try:
-                return await self._bounded(self._once(user_id, statements))
+                return await self._bounded(self._once(user_id, statements, readers))
             except psycopg.OperationalError as exc:
                 if attempt == attempts or not connection_lost(exc):
                     raise
@@ -206,7 +228,9 @@ class CacheStore:
         if not task.cancelled():
             task.exception()  # retrieved, so it is not reported as never retrieved
 
-    async def _once(self, user_id: uuid.UUID, statements: list[tuple[str, object]]) -> list[list[tuple]]:
+    async def _once(
+        self, user_id: uuid.UUID | None, statements: list[tuple[str, object]], readers: Sequence[uuid.UUID] = ()
+    ) -> list[list[tuple]]:
         """One simple-protocol query string: BEGIN; context; statements; COMMIT.
 
         Parameters are bound client-side (psycopg's ClientCursor quoting), so the whole
@@ -216,7 +240,11 @@ class CacheStore:
         """
         async with self.pool.connection() as conn:
             cur = AsyncClientCursor(conn)
-            parts = ["BEGIN", cur.mogrify(SET_CONTEXT, (str(user_id), *self._timeouts))]
+            if readers:
+                context = cur.mogrify(SET_READERS, (",".join(sorted({str(u) for u in readers})), *self._timeouts))
+            else:
+                context = cur.mogrify(SET_CONTEXT, (str(user_id), *self._timeouts))
+            parts = ["BEGIN", context]
             parts += [cur.mogrify(sql, params) if params is not None else sql for sql, params in statements]
             parts.append("COMMIT")
             try:
@@ -235,20 +263,38 @@ class CacheStore:
     # -- reads ---------------------------------------------------------------------------
 
     async def get(self, user_id: uuid.UUID, content_type: str, key: str) -> CacheEntry | None:
-        (rows,) = await self._transaction(user_id, [(GET, (user_id, content_type, key))])
-        if not rows:
+        if self.batcher is not None:
+            (row,) = await self.batcher.fetch([(user_id, content_type, key)])
+        else:
+            (rows,) = await self._transaction(user_id, [(GET, (user_id, content_type, key))])
+            row = rows[0] if rows else None
+        if row is None:
             self.counters.miss(user_id, content_type)
             return None
-        return self._count_hit(user_id, rows[0])
+        return self._count_hit(user_id, row)
 
-    async def lookup(self, user_id: uuid.UUID, items: list[LookupItem]) -> list[CacheEntry | None]:
+    async def _read_batch(self, triples: list[Triple]) -> list[tuple | None]:
+        """One transaction for the triples of several requests (see batcher.py)."""
+        users = [t[0] for t in triples]
         (rows,) = await self._transaction(
-            user_id, [(LOOKUP, ([i.content_type for i in items], [i.key for i in items], user_id))]
+            None,
+            [(BATCH_GET, (users, [t[1] for t in triples], [t[2] for t in triples]))],
+            readers=users,
         )
         found = {row[0]: row[1:] for row in rows}
+        return [found.get(ordinal) for ordinal in range(1, len(triples) + 1)]
+
+    async def lookup(self, user_id: uuid.UUID, items: list[LookupItem]) -> list[CacheEntry | None]:
+        if self.batcher is not None:
+            rows = await self.batcher.fetch([(user_id, i.content_type, i.key) for i in items])
+        else:
+            (found,) = await self._transaction(
+                user_id, [(LOOKUP, ([i.content_type for i in items], [i.key for i in items], user_id))]
+            )
+            by_ordinal = {row[0]: row[1:] for row in found}
+            rows = [by_ordinal.get(n) for n in range(1, len(items) + 1)]
         results: list[CacheEntry | None] = []
-        for ordinal, item in enumerate(items, start=1):
-            row = found.get(ordinal)
+        for item, row in zip(items, rows):
             if row is None:
                 self.counters.miss(user_id, item.content_type)
                 results.append(None)

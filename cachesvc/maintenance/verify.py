@@ -13,7 +13,8 @@ from cachesvc.maintenance.runner import Run
 
 RLS_TABLES = (CACHE, AUDIT, "cache_access_stats")
 EXPECTED_POLICIES = {
-    CACHE: {"cache_app_own_rows", "cache_maintainer_all_rows"},
+    CACHE: {"cache_app_read_rows", "cache_app_insert_own", "cache_app_update_own", "cache_app_delete_own",
+            "cache_maintainer_all_rows"},
     AUDIT: {"cache_app_append_own", "cache_maintainer_all_rows"},
     "cache_access_stats": {"cache_app_own_rows", "cache_app_erase_own", "cache_maintainer_all_rows"},
 }
@@ -32,6 +33,7 @@ FUNCTIONS = {
     "record_cache_access(timestamp with time zone[],uuid[],text[],bigint[],bigint[],bigint[],numeric[])": True,
     "record_cache_hits(bigint[],timestamp with time zone[],bigint[],timestamp with time zone[])": True,
     "cachesvc_current_user_id()": False,
+    "cachesvc_current_user_ids()": False,
 }
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

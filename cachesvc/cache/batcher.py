@@ -1,0 +1,77 @@
+"""Coalesced reads: concurrent GETs and lookups, of any users, answered by one statement.
+
+A read asks for a list of (user, content type, key) triples and awaits its rows. At most
+``lanes`` batch transactions run at once; while they are busy, new reads queue, and the next
+free lane takes everything queued (up to ``max_items`` triples) in one transaction. At low load
+a read goes out alone at once (no added wait); under load, one round trip and one statement
+serve many requests, which is what lets the service do less database work per GET than one
+transaction per request.
+
+Isolation: the batch transaction sets ``cachesvc.user_ids`` to exactly the users in the batch,
+so row-level security admits those users' rows and no one else's; within the batch, each row
+is matched to its request by the full (user, content type, key) triple in the statement itself
+and handed back by ordinal. Batch transactions are read-only: the write policies require the
+single ``cachesvc.user_id``, which they never set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+Triple = tuple[uuid.UUID, str, str]
+Rows = list[tuple | None]
+
+
+class ReadBatcher:
+    def __init__(self, run: Callable[[list[Triple]], Awaitable[Rows]], lanes: int, max_items: int = 500) -> None:
+        self.run = run
+        self.lanes = lanes
+        self.max_items = max_items
+        self.pending: deque[tuple[Sequence[Triple], asyncio.Future]] = deque()
+        self.inflight = 0
+        self.batches = 0
+        self.coalesced = 0  # requests that shared a batch with another
+
+    async def fetch(self, triples: Sequence[Triple]) -> Rows:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((triples, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        while self.pending and self.inflight < self.lanes:
+            batch, size = [], 0
+            while self.pending and (not batch or size + len(self.pending[0][0]) <= self.max_items):
+                request = self.pending.popleft()
+                if request[1].done():  # its caller went away
+                    continue
+                batch.append(request)
+                size += len(request[0])
+            if not batch:
+                return
+            self.inflight += 1
+            self.batches += 1
+            if len(batch) > 1:
+                self.coalesced += len(batch)
+            asyncio.ensure_future(self._run(batch))
+
+    async def _run(self, batch: list[tuple[Sequence[Triple], asyncio.Future]]) -> None:
+        try:
+            rows = await self.run([t for triples, _ in batch for t in triples])
+            at = 0
+            for triples, future in batch:
+                if not future.done():
+                    future.set_result(rows[at : at + len(triples)])
+                at += len(triples)
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.inflight -= 1
+            self._start()
