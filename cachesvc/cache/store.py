@@ -1,10 +1,11 @@
-"""The cache store: each operation is one transaction for one user, sent as one pipeline.
+"""The cache store: each operation is one transaction, sent as one query string.
 
-Every transaction is ``BEGIN; set_config(user, timeouts); <statements>; COMMIT`` queued in
-a psycopg pipeline and sent at once: one network round trip, and with PgBouncer in
-transaction mode the user setting lives and dies with the transaction. Row-level security
-is the wall; the explicit ``user_id = %s`` in every statement is the second one (and
-lets the planner use the lookup index directly).
+Every transaction is ``BEGIN; set_config(user, timeouts); <statements>; COMMIT``, bound
+client-side and sent as one simple-protocol Query: one network round trip, and with PgBouncer
+in transaction mode the user setting lives and dies with the transaction. Reads go through the
+batcher (batcher.py), which lets concurrent reads of several users share one transaction.
+Row-level security is the wall; the explicit ``user_id = …`` in every statement is the second
+one (and lets the planner use the lookup index directly).
 """
 
 from __future__ import annotations
