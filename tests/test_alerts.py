@@ -88,3 +88,4 @@ def test_dashboard_is_valid_and_queries_existing_metrics(exposed):
 def test_a_misspelt_metric_would_be_caught(exposed):
     assert "cachesvc_request_duration_seconds_bucket" in exposed
     assert "cachesvc_requests_duration_seconds_bucket" not in exposed
+
