@@ -18,9 +18,10 @@ import pytest
 from cachesvc.localstack import SUPERUSER, LocalStack
 
 
-@pytest.fixture(scope="session")
-def stack():
-    home = Path(tempfile.mkdtemp(prefix="cachesvc-test-"))
+@contextlib.contextmanager
+def throwaway_stack(prefix: str = "cachesvc-test-"):
+    """A started stack in a fresh directory, stopped and removed afterwards."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
     s = LocalStack.throwaway(home)
     try:
         s.start()
@@ -28,6 +29,12 @@ def stack():
     finally:
         s.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack():
+    with throwaway_stack() as s:
+        yield s
 
 
 @pytest.fixture

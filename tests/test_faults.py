@@ -5,9 +5,7 @@ connections terminated, SIGTERM, pool exhaustion. Every request either succeeds 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -20,21 +18,16 @@ import pytest
 
 from cachesvc import auth
 from cachesvc.localstack import SUPERUSER, LocalStack
-from tests.conftest import LiveService
+from tests.conftest import LiveService, throwaway_stack
 
 BOUND_S = 5.0  # request_timeout_s (2) + pool_timeout_s (1) + slack for a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
 def fault_stack():
-    home = Path(tempfile.mkdtemp(prefix="cachesvc-faults-"))
-    s = LocalStack.throwaway(home)
-    try:
-        s.start()
+    """A stack of its own: these tests stop and start its servers."""
+    with throwaway_stack("cachesvc-faults-") as s:
         yield s
-    finally:
-        s.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def start_service(stack: LocalStack, tmp_path: Path, **settings) -> LiveService:

@@ -26,6 +26,7 @@ SQL_FILES = [
     "policies/infinite_pages_cache_partitioned.v1.sql",
     "policies/cache_audit_log.v1.sql",
     "policies/cache_access_stats.v1.sql",
+    "functions/cachesvc_copy_partition_policies.v1.sql",
     "functions/cachesvc_create_monthly_partition.v1.sql",
     "functions/create_monthly_cache_partition.v1.sql",
     "functions/create_monthly_audit_partition.v1.sql",
@@ -78,7 +79,8 @@ $$;
 GRANTS = """
 -- Nothing is executable or readable by PUBLIC unless granted below.
 REVOKE ALL ON infinite_pages_cache_partitioned, cache_audit_log, cache_access_stats FROM PUBLIC;
-REVOKE ALL ON FUNCTION cachesvc_create_monthly_partition(regclass, text, date),
+REVOKE ALL ON FUNCTION cachesvc_copy_partition_policies(regclass, regclass),
+                       cachesvc_create_monthly_partition(regclass, text, date),
                        create_monthly_cache_partition(date),
                        create_monthly_audit_partition(date),
                        ensure_monthly_partitions(timestamptz),
@@ -134,7 +136,8 @@ def downgrade() -> None:
             ensure_monthly_partitions(timestamptz),
             create_monthly_audit_partition(date),
             create_monthly_cache_partition(date),
-            cachesvc_create_monthly_partition(regclass, text, date);
+            cachesvc_create_monthly_partition(regclass, text, date),
+            cachesvc_copy_partition_policies(regclass, regclass);
         DROP TABLE IF EXISTS cache_access_stats, cache_audit_log, infinite_pages_cache_partitioned;
         DROP FUNCTION IF EXISTS cachesvc_current_user_id();
         REVOKE CREATE ON SCHEMA public FROM cache_maintainer;

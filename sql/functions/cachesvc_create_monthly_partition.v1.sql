@@ -5,7 +5,7 @@
 -- A new partition inherits the parent's columns and partitioned indexes, but not its
 -- row-level security or privileges, so this function makes it match:
 --   * owner cache_maintainer; RLS enabled AND forced;
---   * a copy of every policy of the parent, verbatim (so the two never drift apart);
+--   * a copy of every policy of the parent, verbatim (cachesvc_copy_partition_policies);
 --   * no privileges for PUBLIC, cache_app or cache_monitor: the service reaches rows only
 --     through the parent, where the policies are evaluated.
 CREATE FUNCTION cachesvc_create_monthly_partition(parent regclass, prefix text, month date)
@@ -20,8 +20,6 @@ DECLARE
     schema_name text;
     child text := prefix || to_char(first_day, '"_y"YYYY"m"MM');
     qualified text;
-    pol record;
-    roles text;
 BEGIN
     SELECT n.nspname INTO schema_name
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -42,26 +40,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', qualified);
     EXECUTE format('REVOKE ALL ON %s FROM PUBLIC, cache_app, cache_monitor', qualified);
 
-    FOR pol IN
-        SELECT p.polname, p.polpermissive, p.polroles,
-               CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
-                             WHEN 'd' THEN 'DELETE' ELSE 'ALL' END AS command,
-               pg_get_expr(p.polqual, p.polrelid) AS using_expr,
-               pg_get_expr(p.polwithcheck, p.polrelid) AS check_expr
-          FROM pg_policy p
-         WHERE p.polrelid = parent
-         ORDER BY p.polname
-    LOOP
-        SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(r::regrole::text) END, ', ')
-          INTO roles
-          FROM unnest(pol.polroles) AS r;
-        EXECUTE format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s',
-                       pol.polname, qualified,
-                       CASE WHEN pol.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
-                       pol.command, roles,
-                       CASE WHEN pol.using_expr IS NOT NULL THEN format(' USING (%s)', pol.using_expr) ELSE '' END,
-                       CASE WHEN pol.check_expr IS NOT NULL THEN format(' WITH CHECK (%s)', pol.check_expr) ELSE '' END);
-    END LOOP;
+    PERFORM cachesvc_copy_partition_policies(parent, qualified::regclass);
     RETURN child;
 END
 $$;
