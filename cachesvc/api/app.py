@@ -15,8 +15,11 @@ from starlette.routing import Route
 
 from cachesvc import db, migrations
 from cachesvc.api import cache, errors, openapi
+from cachesvc.api import features as feature_routes
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.store import CacheStore
+from cachesvc.features.catalog import CatalogError
+from cachesvc.features.service import FeatureService
 from cachesvc.settings import Settings
 
 log = logging.getLogger("cachesvc.api")
@@ -57,9 +60,11 @@ async def readyz(request: Request) -> Response:
             checks["schema"] = bool(row) and row[0] == state.expected_revision
     except Exception as exc:  # readiness reports, it never raises
         log.warning("readiness check failed: %s", exc)
-    ready = all(checks.values())
+    features = state.features.readiness.status()  # warm-up and its probe (cachesvc.features.readiness)
+    ready = all(checks.values()) and features["ready"]
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks, "expectedRevision": state.expected_revision},
+        {"status": "ready" if ready else "not_ready", "checks": checks, "expectedRevision": state.expected_revision,
+         "features": features},
         status_code=200 if ready else 503,
         headers=None if ready else {"Retry-After": "2"},
     )
@@ -79,6 +84,9 @@ ROUTES = [
     Route("/v1/cache/{content_type}/{key:path}", endpoint(cache.get_entry), methods=["GET"]),
     Route("/v1/cache/{content_type}/{key:path}", endpoint(cache.put_entry), methods=["PUT"]),
     Route("/v1/cache/{content_type}/{key:path}", endpoint(cache.delete_entry), methods=["DELETE"]),
+    Route("/v1/features/_stats", endpoint(feature_routes.table_stats), methods=["GET"]),
+    Route("/v1/features/lookup", endpoint(feature_routes.lookup), methods=["POST"]),
+    Route("/v1/features/{entityKey}", endpoint(feature_routes.get_features), methods=["GET"]),
 ]
 
 
@@ -95,10 +103,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.counters = Counters()
         state.store = CacheStore(state.pool, settings, state.counters)
         await db.open_pool(state.pool)
+        try:
+            state.features = await FeatureService.open(state.pool, settings)
+        except CatalogError as exc:
+            log.error("refusing to start: %s", exc)
+            await state.pool.close()
+            raise
         flusher = asyncio.create_task(state.counters.run(state.pool, settings.flush_interval_s))
         try:
             yield
         finally:
+            await state.features.close()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher

@@ -4,7 +4,7 @@
 --
 -- SECURITY DEFINER (owner cache_maintainer): cache_app cannot write feature_hot_keys
 -- itself; it can only add non-negative counts for at most 10,000 keys a call.
-CREATE FUNCTION record_feature_hot_keys(entity_keys text[], hits bigint[])
+CREATE FUNCTION record_feature_hot_keys(entity_keys text[], counts bigint[])
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -13,13 +13,13 @@ AS $$
 DECLARE
     recorded integer;
 BEGIN
-    IF cardinality(entity_keys) > 10000 OR cardinality(entity_keys) <> cardinality(hits) THEN
+    IF cardinality(entity_keys) > 10000 OR cardinality(entity_keys) <> cardinality(counts) THEN
         RAISE EXCEPTION 'record_feature_hot_keys: at most 10000 keys, one count per key'
               USING ERRCODE = '22023';
     END IF;
     INSERT INTO feature_hot_keys AS h (entity_key, hits, last_seen_at)
     SELECT k, sum(greatest(n, 0)), now()
-      FROM unnest(entity_keys, hits) AS x(k, n)
+      FROM unnest(entity_keys, counts) AS x(k, n)
      WHERE length(k) BETWEEN 1 AND 512
      GROUP BY k
     ON CONFLICT (entity_key) DO UPDATE
