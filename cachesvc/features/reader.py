@@ -33,8 +33,12 @@ STRATEGIES = ("statement", "pipeline")
 MAX_KEYS = 100
 
 BEGIN = "BEGIN READ ONLY"
-SET_TIMEOUTS = (
-    "SELECT set_config('statement_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)"
+# Timeouts for this transaction, and the planner's cost of a random page read as for data
+# in memory (what warm-up makes it): a key lookup then takes the primary key index unless a
+# table is so small that reading it whole is cheaper.
+SET_CONTEXT = (
+    "SELECT set_config('statement_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true),"
+    " set_config('random_page_cost', '1.1', true)"
 )
 
 Features = dict[str, msgspec.Raw | None]  # table -> row as JSON, or None for a miss
@@ -137,7 +141,7 @@ class FeatureReader:
             try:
                 async with conn.pipeline():
                     await conn.execute(BEGIN)
-                    await conn.execute(SET_TIMEOUTS, self._timeouts)
+                    await conn.execute(SET_CONTEXT, self._timeouts)
                     pending = await self.queue(conn, keys, tables, strategy)
                     await conn.execute("COMMIT")
             except BaseException:
