@@ -73,18 +73,18 @@ def target(conn: psycopg.Connection, schema: str, table: str) -> feature_catalog
             f"{schema}.{table} does not exist; create it first (after SET ROLE cache_maintainer),"
             " with its entity key as a single-column primary key"
         )
-    try:
-        found = feature_catalog.discover_sync(conn, schema, [table])
-    except feature_catalog.CatalogError as exc:
-        raise LoadError(str(exc).removeprefix("cannot serve the feature tables: ")) from None
     owner = conn.execute(
-        "SELECT relowner::regrole::text FROM pg_class WHERE oid = %s::regclass", (found.tables[table].relation,)
+        "SELECT relowner::regrole::text FROM pg_class WHERE oid = %s::regclass", (f"{_q(schema)}.{_q(table)}",)
     ).fetchone()[0]
     if owner != "cache_maintainer":
         raise LoadError(
             f"{schema}.{table} is owned by {owner}; loads replace tables as cache_maintainer: "
             f"ALTER TABLE {schema}.{table} OWNER TO cache_maintainer"
         )
+    try:
+        found = feature_catalog.discover_sync(conn, schema, [table])
+    except feature_catalog.CatalogError as exc:
+        raise LoadError(str(exc).removeprefix("cannot serve the feature tables: ")) from None
     return found.tables[table]
 
 
