@@ -79,7 +79,7 @@ def feature_data(stack):
     small = [(k, RNG.randint(-32768, 32767)) for k in RNG.sample(range(-1000, 100000), 150)]
     with maintainer(stack) as conn:
         create_table(conn, USERS, USERS_DDL, users)
-        create_table(conn, NAMES, "name text PRIMARY KEY, score double precision, cnt integer", names)
+        create_table(conn, NAMES, "name varchar(80) PRIMARY KEY, score double precision, cnt integer", names)
         create_table(conn, DEVICES, "id uuid PRIMARY KEY, model text, active boolean", devices)
         create_table(conn, SMALL, "k integer PRIMARY KEY, v smallint", small)
     yield {
