@@ -293,20 +293,28 @@ def plan_checks(stack: LocalStack, rows: int, iterations: int) -> dict:
         found = catalog.discover_sync(conn, "features")
         reader = FeatureReader(None, found)  # only its SQL
         tables = list(found.tables.values())
-        keysets = key_sets(rows, 10, iterations, seed=5)
         out: dict = {"roleSetting": conn.execute("SHOW max_parallel_workers_per_gather").fetchone()[0]}
-        for workers in ("2", "0"):
-            conn.execute(f"SET max_parallel_workers_per_gather = {workers}")
-            plan = "\n".join(r[0] for r in conn.execute(sql_explain(reader.statement(keysets[0], tables)[0]),
-                                                         reader.statement(keysets[0], tables)[1]))
-            timings = []
-            for keys in keysets:
-                stmt, params = reader.statement(keys, tables)
-                start = time.perf_counter()
-                conn.execute(stmt, params).fetchall()
-                timings.append((time.perf_counter() - start) * 1000)
-            out[f"workers{workers}"] = summary(timings) | {"parallelPlan": "Gather" in plan or "Parallel" in plan}
-        conn.execute("RESET max_parallel_workers_per_gather")
+        # random_page_cost: the planner's default, and what the service sets for its lookups
+        for cost, n_keys in (("4", 10), ("4", 100), ("1.1", 10), ("1.1", 100)):
+            conn.execute(f"SET random_page_cost = {cost}")
+            keysets = key_sets(rows, n_keys, iterations, seed=5)
+            timings: dict[str, list[float]] = {"2": [], "0": []}
+            plans = {}
+            for block in range(10):  # interleaved, so that other load on the machine hits both alike
+                for workers in ("2", "0"):
+                    conn.execute(f"SET max_parallel_workers_per_gather = {workers}")
+                    if block == 0:
+                        stmt, params = reader.statement(keysets[0], tables)
+                        plans[workers] = "\n".join(r[0] for r in conn.execute(sql_explain(stmt), params))
+                    for keys in keysets[block::10]:
+                        stmt, params = reader.statement(keys, tables)
+                        start = time.perf_counter()
+                        conn.execute(stmt, params).fetchall()
+                        timings[workers].append((time.perf_counter() - start) * 1000)
+            out[f"{n_keys}key_randomPageCost{cost}"] = {
+                f"workers{w}": summary(t) | {"parallelPlan": "Gather" in plans[w]} for w, t in timings.items()
+            }
+        conn.execute("RESET max_parallel_workers_per_gather; RESET random_page_cost")
     prepared = {}
     for label, threshold in (("unnamed", None), ("prepared", 0)):
         with psycopg.connect(stack.url("cachesvc_app", direct=True), autocommit=True, prepare_threshold=threshold) as conn:
@@ -324,7 +332,8 @@ def plan_checks(stack: LocalStack, rows: int, iterations: int) -> dict:
                     for q, g, c in conn.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
                 ]
     out["prepared"] = prepared
-    say(f"parallel workers 2 vs 0: p50 {out['workers2']['p50']} vs {out['workers0']['p50']} ms;"
+    ten = out["10key_randomPageCost4"]
+    say(f"parallel workers 2 vs 0 (10 keys): p50 {ten['workers2']['p50']} vs {ten['workers0']['p50']} ms;"
         f" prepared vs unnamed (10 keys): p50 {prepared['10key']['prepared']['p50']} vs {prepared['10key']['unnamed']['p50']} ms")
     return out
 
