@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
 
     home = Path(tempfile.mkdtemp(prefix="cachesvc-bench-"))
     stack = LocalStack.throwaway(home, **DURABLE, shared_buffers=args.shared_buffers)
-    report: dict = {"tables": args.tables, "rows": args.rows, "postgres": DURABLE | {"shared_buffers": args.shared_buffers}}
+    report: dict = {"tables": args.tables, "rows": args.rows, "postgres": DURABLE | {"shared_buffers": args.shared_buffers},
+                    "cpus": os.cpu_count(), "loadAverageAtStart": [round(x, 2) for x in os.getloadavg()]}
     try:
         say(f"starting a stack in {home}")
         stack.start()
@@ -379,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         report["http"] = over_http(stack, home, args.rows, args.rate, args.seconds)
         report["coldStart"] = cold_start(stack, home, args.rows)
         report["planner"] = plan_checks(stack, args.rows, min(args.iterations, 500))
+        report["loadAverageAtEnd"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from psycopg import sql
+from psycopg import errors, sql
 from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.features import hotkeys
@@ -53,7 +53,7 @@ SELECT c.relname::text, quote_ident(n.nspname) || '.' || quote_ident(ic.relname)
  ORDER BY t.ord
 """
 HISTOGRAM = """
-SELECT tablename::text, histogram_bounds::text::text[]
+SELECT tablename::text, attname::text, histogram_bounds::text::text[]
   FROM pg_stats
  WHERE schemaname = %s AND tablename = ANY(%s) AND attname = ANY(%s)
 """
@@ -118,7 +118,8 @@ async def prewarm(reader: FeatureReader, fraction: float, concurrency: int = 2) 
         try:
             blocks = await _bounded((_statement(pool, call, job) for job in jobs), concurrency)
             return summary | {"method": "pg_prewarm", "blocks": sum(r[0][0] for r in blocks)}
-        except Exception as exc:  # e.g. no privilege on an index: read the pages instead
+        except (errors.InsufficientPrivilege, errors.FeatureNotSupported, errors.UndefinedFunction) as exc:
+            # e.g. no privilege on an index, or no prefetch on this platform: read the pages instead
             log.warning("pg_prewarm failed (%s); reading index pages instead", exc)
     await _bounded((_touch(pool, t, heap=False) for t in catalog.tables.values()), concurrency)
     await _bounded((_touch(pool, t, heap=True) for t in fits), concurrency)
@@ -155,7 +156,8 @@ async def sample_keys(reader: FeatureReader, seed: int | None = None) -> Samples
     rows = await _statement(
         reader.pool, HISTOGRAM, (reader.catalog.schema, [t.name for t in tables], [t.key for t in tables])
     )
-    bounds = {name: keys or [] for name, keys in rows}
+    key_of = {t.name: t.key for t in tables}
+    bounds = {name: keys or [] for name, column, keys in rows if key_of.get(name) == column}
     keys: list[str] = []
     for table in tables:
         found = bounds.get(table.name)
