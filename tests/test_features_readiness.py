@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 
 import httpx2
@@ -187,3 +191,33 @@ def test_catalog_refuses_a_table_the_service_cannot_read_and_an_unknown_allowed_
             assert list(catalog.discover_sync(app, "features", ["ft_foreign"]).tables) == ["ft_foreign"]
     finally:
         admin.execute("DROP TABLE features.ft_foreign")
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def run_cli(stack, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")} | stack.env() | env
+    return subprocess.run([sys.executable, "-m", "cachesvc", *args], env=environ, capture_output=True, text=True, timeout=120)
+
+
+def test_warmup_and_stats_commands(stack, warm_table, admin):
+    result = run_cli(stack, "features", "warmup", CACHESVC_FEATURES_TABLES=WARM)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["tables"] == [WARM]
+    assert report["steps"]["prewarm"]["method"] == "pg_prewarm" and report["steps"]["syntheticLookups"]["count"] > 0
+    assert report["probe"]["passed"] is True
+    admin.execute(f"SELECT count(*) FROM features.{WARM} WHERE tag = 'x'")  # a sequential scan reading rows
+    admin.execute("SELECT pg_stat_force_next_flush()")
+    admin.execute("SELECT 1")
+    deadline = time.monotonic() + 10
+    while True:
+        stats = run_cli(stack, "features", "stats", "--strict")
+        warnings = json.loads(stats.stdout)["warnings"]
+        if any(w.startswith(f"{WARM}: sequential scans read") for w in warnings) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert stats.returncode == 1 and any(w.startswith(f"{WARM}: sequential scans read") for w in warnings), warnings
+    assert f"warning: {WARM}: sequential scans read" in stats.stderr
+    assert run_cli(stack, "features", "stats").returncode == 0  # warnings are not failures without --strict

@@ -9,9 +9,9 @@ set (30 tables x 100k rows by default), and prints, as JSON on stdout (progress 
 - over HTTP, at a fixed rate with an open loop, p50/p99, for both strategies;
 - cold start after a PostgreSQL restart, with and without warm-up: time to ready, first
   request latency;
-- the plan and timing of a 10-key lookup with and without parallel workers, and of a
-  prepared statement against an unnamed one (direct connection: PgBouncer in transaction
-  mode rules prepared statements out).
+- the plan and timing of lookups with and without parallel workers, of a prepared statement
+  against an unnamed one (direct connection: PgBouncer in transaction mode rules prepared
+  statements out), and of the statement's shape (``key = ANY`` against ``unnest … JOIN``).
 
 Numbers from this machine are for comparing the options side by side, not absolute.
 """
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from cachesvc import auth, db
 from cachesvc.features import catalog, demo, warmup
@@ -338,9 +339,49 @@ def plan_checks(stack: LocalStack, rows: int, iterations: int) -> dict:
     return out
 
 
-def sql_explain(stmt):
-    from psycopg import sql
+def unnest_join_sql(tables) -> sql.Composed:
+    """The shape the reader does not use: keys joined to each table from unnest() WITH ORDINALITY."""
+    return sql.SQL(" UNION ALL ").join(
+        sql.SQL(
+            "SELECT {i}, q.ord, row_to_json(t)::text FROM unnest({keys}::{type}[]) WITH ORDINALITY AS q(k, ord)"
+            " JOIN {table} AS t ON t.{key} = q.k"
+        ).format(
+            i=sql.Literal(i), keys=sql.Placeholder(t.key_type), type=sql.SQL(t.key_type), table=t.ident, key=sql.Identifier(t.key)
+        )
+        for i, t in enumerate(tables)
+    )
 
+
+def shapes(stack: LocalStack, rows: int, iterations: int) -> dict:
+    """``key = ANY`` (the reader's) against ``unnest … JOIN``, planned each time, interleaved."""
+    out: dict = {}
+    with psycopg.connect(stack.url("cachesvc_app", direct=True), autocommit=True, prepare_threshold=None) as conn:
+        found = catalog.discover_sync(conn, "features")
+        reader = FeatureReader(None, found)
+        tables = list(found.tables.values())
+        join = unnest_join_sql(tables)
+        for n_keys in (1, 10):
+            keysets = key_sets(rows, n_keys, iterations, seed=7)
+            timings: dict[str, list[float]] = {"anyKeys": [], "unnestJoin": []}
+            for block in range(10):
+                for shape in timings:
+                    for keys in keysets[block::10]:
+                        stmt, params = reader.statement(keys, tables)
+                        if shape == "unnestJoin":
+                            stmt, params = join, {t.key_type: keys for t in tables}
+                        start = time.perf_counter()
+                        conn.execute(stmt, params).fetchall()
+                        timings[shape].append((time.perf_counter() - start) * 1000)
+            out[f"{n_keys}key"] = {shape: summary(t) for shape, t in timings.items()}
+        keys = key_sets(rows, 10, 1, seed=8)[0]
+        conn.execute("SET max_parallel_workers_per_gather = 2")
+        plan = "\n".join(r[0] for r in conn.execute(sql_explain(join), {t.key_type: keys for t in tables}))
+        out["unnestJoin10keyParallelPlanWith2Workers"] = "Gather" in plan
+    say(f"statement shape (1 key): = ANY p50 {out['1key']['anyKeys']['p50']} ms, unnest join p50 {out['1key']['unnestJoin']['p50']} ms")
+    return out
+
+
+def sql_explain(stmt: sql.Composed) -> sql.Composed:
     return sql.SQL("EXPLAIN ") + stmt
 
 
@@ -380,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         report["http"] = over_http(stack, home, args.rows, args.rate, args.seconds)
         report["coldStart"] = cold_start(stack, home, args.rows)
         report["planner"] = plan_checks(stack, args.rows, min(args.iterations, 500))
+        report["shapes"] = shapes(stack, args.rows, min(args.iterations, 500))
         report["loadAverageAtEnd"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         stack.stop()
