@@ -339,13 +339,15 @@ def plan_checks(stack: LocalStack, rows: int, iterations: int) -> dict:
     return out
 
 
-def unnest_join_sql(tables) -> sql.Composed:
-    """The shape the reader does not use: keys joined to each table from unnest() WITH ORDINALITY."""
+def union_sql(tables, shape: str) -> sql.Composed:
+    """Shapes the reader does not use: a UNION ALL branch per table, by ``= ANY`` or by joining unnest()."""
+    branch = {
+        "unionAny": "SELECT {i}, t.{key}::text, row_to_json(t)::text FROM {table} AS t WHERE t.{key} = ANY({keys}::{type}[])",
+        "unionUnnestJoin": "SELECT {i}, q.ord, row_to_json(t)::text FROM unnest({keys}::{type}[]) WITH ORDINALITY AS q(k, ord)"
+        " JOIN {table} AS t ON t.{key} = q.k",
+    }[shape]
     return sql.SQL(" UNION ALL ").join(
-        sql.SQL(
-            "SELECT {i}, q.ord, row_to_json(t)::text FROM unnest({keys}::{type}[]) WITH ORDINALITY AS q(k, ord)"
-            " JOIN {table} AS t ON t.{key} = q.k"
-        ).format(
+        sql.SQL(branch).format(
             i=sql.Literal(i), keys=sql.Placeholder(t.key_type), type=sql.SQL(t.key_type), table=t.ident, key=sql.Identifier(t.key)
         )
         for i, t in enumerate(tables)
@@ -353,31 +355,35 @@ def unnest_join_sql(tables) -> sql.Composed:
 
 
 def shapes(stack: LocalStack, rows: int, iterations: int) -> dict:
-    """``key = ANY`` (the reader's) against ``unnest … JOIN``, planned each time, interleaved."""
+    """The reader's single statement (a subquery per table) against two UNION ALL shapes, interleaved."""
     out: dict = {}
     with psycopg.connect(stack.url("cachesvc_app", direct=True), autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("SET random_page_cost = 1.1")  # as the service's lookups
         found = catalog.discover_sync(conn, "features")
         reader = FeatureReader(None, found)
         tables = list(found.tables.values())
-        join = unnest_join_sql(tables)
-        for n_keys in (1, 10):
-            keysets = key_sets(rows, n_keys, iterations, seed=7)
-            timings: dict[str, list[float]] = {"anyKeys": [], "unnestJoin": []}
+        others = {shape: union_sql(tables, shape) for shape in ("unionAny", "unionUnnestJoin")}
+        for n_keys in (1, 10, 100):
+            keysets = key_sets(rows, n_keys, iterations if n_keys < 100 else iterations // 5, seed=7)
+            timings: dict[str, list[float]] = {"subqueries": [], **{shape: [] for shape in others}}
             for block in range(10):
                 for shape in timings:
                     for keys in keysets[block::10]:
                         stmt, params = reader.statement(keys, tables)
-                        if shape == "unnestJoin":
-                            stmt, params = join, {t.key_type: keys for t in tables}
+                        if shape in others:
+                            stmt = others[shape]
                         start = time.perf_counter()
                         conn.execute(stmt, params).fetchall()
                         timings[shape].append((time.perf_counter() - start) * 1000)
             out[f"{n_keys}key"] = {shape: summary(t) for shape, t in timings.items()}
+        conn.execute("RESET random_page_cost; SET max_parallel_workers_per_gather = 2")
         keys = key_sets(rows, 10, 1, seed=8)[0]
-        conn.execute("SET max_parallel_workers_per_gather = 2")
-        plan = "\n".join(r[0] for r in conn.execute(sql_explain(join), {t.key_type: keys for t in tables}))
-        out["unnestJoin10keyParallelPlanWith2Workers"] = "Gather" in plan
-    say(f"statement shape (1 key): = ANY p50 {out['1key']['anyKeys']['p50']} ms, unnest join p50 {out['1key']['unnestJoin']['p50']} ms")
+        params = reader.aligned(keys, tables)
+        for shape, stmt in (("subqueries", reader.statement_for(tables)), *others.items()):
+            plan = "\n".join(r[0] for r in conn.execute(sql_explain(stmt), params))
+            out.setdefault("parallelPlanFor10KeysWithDefaultCosts", {})[shape] = "Gather" in plan
+    one = out["1key"]
+    say("statement shape (1 key) p50: " + ", ".join(f"{k} {v['p50']} ms" for k, v in one.items()))
     return out
 
 

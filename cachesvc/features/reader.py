@@ -2,17 +2,21 @@
 
 Two ways to send a lookup, both one pipeline ``BEGIN; set_config(…); …; COMMIT``:
 
-- ``statement``: one ``UNION ALL`` statement with a branch per table (the default: faster,
-  see docs/features-benchmark.md);
-- ``pipeline``: one statement per table, all queued in the same pipeline.
+- ``statement`` (the default: faster, see docs/features-benchmark.md): one statement, one
+  row per requested key, one column per table, each a scalar subquery reading the table by
+  its primary key::
 
-Each branch reads the table by its primary key (``key = ANY($keys)``, or ``key = $key`` for
-one key, which plans faster) and returns the key as text with the row as JSON built by
-PostgreSQL (``row_to_json``): numbers stay numbers, timestamps are ISO 8601, and the service
-passes the text through without parsing it. Keys are sent once per key type (text, bigint,
-uuid …), each already checked and spelled in Python the way PostgreSQL prints that type, so
-a row maps back to the positions of the keys that asked for it, and a key that cannot exist
-in a table is a miss there instead of a cast error.
+      SELECT q.ord, (SELECT row_to_json(t)::text FROM features.a AS t WHERE t.id = q.k_bigint), …
+        FROM unnest($bigint_keys::bigint[], $text_keys::text[]) WITH ORDINALITY AS q(k_bigint, k_text, ord)
+
+- ``pipeline``: one statement per table (``WHERE key = ANY($keys)``, returning the key as
+  text to map rows back), all queued in the same pipeline.
+
+Rows come back as JSON built by PostgreSQL (``row_to_json``): numbers stay numbers,
+timestamps are ISO 8601, and the service passes the text through without parsing it. Keys
+are sent once per key type (text, bigint, uuid …), each checked in Python against the type
+and spelled the way PostgreSQL prints it, so a key that cannot exist in a table is a miss
+there instead of a cast error.
 
 Each statement runs under READ COMMITTED with its own snapshot taken after its table locks
 are granted, so a table swapped in by ``features load`` is seen whole, old or new, never
@@ -46,11 +50,31 @@ SET_CONTEXT = (
 Features = dict[str, msgspec.Raw | None]  # table -> row as JSON, or None for a miss
 
 
-def _branch(table: FeatureTable, index: int | None, single: bool) -> sql.Composed:
-    """``[index,] key::text, row as JSON`` of the rows of ``table`` for the keys of its type."""
-    head = sql.SQL("SELECT {}, ").format(sql.Literal(index)) if index is not None else sql.SQL("SELECT ")
-    match = "t.{key} = {keys}::{type}" if single else "t.{key} = ANY({keys}::{type}[])"
-    return head + sql.SQL("t.{key}::text, row_to_json(t)::text FROM {table} AS t WHERE " + match).format(
+def _key_column(kind: str) -> sql.Identifier:
+    return sql.Identifier(f"k_{kind}")
+
+
+def _statement(tables: Sequence[FeatureTable]) -> sql.Composed:
+    """``ord, row of table 1, row of table 2 …`` for each requested key (a NULL row on a miss)."""
+    kinds = list(dict.fromkeys(t.key_type for t in tables))
+    rows = sql.SQL(", ").join(
+        sql.SQL("(SELECT row_to_json(t)::text FROM {table} AS t WHERE t.{key} = q.{column})").format(
+            table=t.ident, key=sql.Identifier(t.key), column=_key_column(t.key_type)
+        )
+        for t in tables
+    )
+    arrays = sql.SQL(", ").join(
+        sql.SQL("{}::{}[]").format(sql.Placeholder(kind), sql.SQL(kind)) for kind in kinds
+    )
+    columns = sql.SQL(", ").join(_key_column(kind) for kind in kinds)
+    return sql.SQL("SELECT q.ord, {rows} FROM unnest({arrays}) WITH ORDINALITY AS q({columns}, ord)").format(
+        rows=rows, arrays=arrays, columns=columns
+    )
+
+
+def _per_table(table: FeatureTable) -> sql.Composed:
+    """``key::text, row`` of ``table`` for the keys of its type (the pipeline's statements)."""
+    return sql.SQL("SELECT t.{key}::text, row_to_json(t)::text FROM {table} AS t WHERE t.{key} = ANY({keys}::{type}[])").format(
         keys=sql.Placeholder(table.key_type),
         type=sql.SQL(table.key_type),
         table=table.ident,
@@ -67,18 +91,24 @@ class Pending:
     asked: Sequence[FeatureTable]  # those some key can be in: the statements sent
     positions: dict[str, dict[str, list[int]]]  # key type -> key as PostgreSQL spells it -> positions
     cursors: list
-    union: bool  # one UNION ALL cursor, rows tagged with the index of the table in ``asked``
+    single_statement: bool  # one cursor: a row per key, a column per table of ``asked``
 
     async def collect(self) -> list[Features]:
         results: list[Features] = [dict.fromkeys((t.name for t in self.tables), None) for _ in self.keys]
-        if self.union:
-            rows = [(self.asked[index], key, row) for index, key, row in await self.cursors[0].fetchall()]
-        else:
-            rows = [(table, key, row) for table, cur in zip(self.asked, self.cursors) for key, row in await cur.fetchall()]
-        for table, key, row in rows:
-            raw = msgspec.Raw(row.encode())
-            for position in self.positions[table.key_type].get(key, ()):
-                results[position][table.name] = raw
+        if self.single_statement:
+            names = [t.name for t in self.asked]
+            for ordinal, *rows in await self.cursors[0].fetchall():
+                found = results[ordinal - 1]
+                for name, row in zip(names, rows):
+                    if row is not None:
+                        found[name] = msgspec.Raw(row.encode())
+            return results
+        for table, cur in zip(self.asked, self.cursors):
+            spelled = self.positions[table.key_type]
+            for key, row in await cur.fetchall():
+                raw = msgspec.Raw(row.encode())
+                for position in spelled.get(key, ()):
+                    results[position][table.name] = raw
         return results
 
 
@@ -98,19 +128,17 @@ class FeatureReader:
         self.catalog = catalog
         self.strategy = strategy
         self._timeouts = (str(statement_timeout_ms), str(idle_in_transaction_timeout_ms))
-        self._union_cache: dict[tuple, sql.Composed] = {}
-        self._single = {
-            (t.name, single): _branch(t, None, single) for t in catalog.tables.values() for single in (True, False)
-        }
+        self._statements: dict[tuple[str, ...], sql.Composed] = {}
+        self._per_table = {t.name: _per_table(t) for t in catalog.tables.values()}
 
-    def union_sql(self, tables: Sequence[FeatureTable], single: bool = False) -> sql.Composed:
-        cache_key = (single, *(t.name for t in tables))
-        stmt = self._union_cache.get(cache_key)
+    def statement_for(self, tables: Sequence[FeatureTable]) -> sql.Composed:
+        names = tuple(t.name for t in tables)
+        stmt = self._statements.get(names)
         if stmt is None:
-            stmt = sql.SQL(" UNION ALL ").join(_branch(t, i, single) for i, t in enumerate(tables))
-            if len(self._union_cache) >= 256:
-                self._union_cache.clear()
-            self._union_cache[cache_key] = stmt
+            stmt = _statement(tables)
+            if len(self._statements) >= 256:  # tables subsets asked for; bounded
+                self._statements.clear()
+            self._statements[names] = stmt
         return stmt
 
     @staticmethod
@@ -129,16 +157,17 @@ class FeatureReader:
         return by_type
 
     @staticmethod
-    def params(positions: dict[str, dict[str, list[int]]], single: bool) -> dict:
-        if single:
-            return {kind: next(iter(spelled), None) for kind, spelled in positions.items()}
-        return {kind: list(spelled) for kind, spelled in positions.items()}
+    def aligned(keys: Sequence[str], tables: Sequence[FeatureTable]) -> dict[str, list[str | None]]:
+        """Per key type: the keys in request order, None where a key cannot be of that type."""
+        by_type: dict[str, list[str | None]] = {}
+        for table in tables:
+            if table.key_type not in by_type:
+                by_type[table.key_type] = [table.normalise(k) for k in keys]
+        return by_type
 
     def statement(self, keys: Sequence[str], tables: Sequence[FeatureTable]) -> tuple[sql.Composed, dict]:
-        """The UNION ALL statement for ``keys`` over ``tables`` and its parameters (EXPLAIN, benchmarks)."""
-        positions = self.positions(keys, tables)
-        single = all(len(spelled) <= 1 for spelled in positions.values())
-        return self.union_sql(tables, single), self.params(positions, single)
+        """The single statement for ``keys`` over ``tables`` and its parameters (EXPLAIN, benchmarks)."""
+        return self.statement_for(tables), self.aligned(keys, tables)
 
     async def queue(
         self, conn: AsyncConnection, keys: Sequence[str], tables: Sequence[FeatureTable], strategy: str | None = None
@@ -149,12 +178,10 @@ class FeatureReader:
         asked = [t for t in tables if positions[t.key_type]]
         if not asked:
             return Pending(keys, tables, asked, positions, [], False)
-        single = all(len(spelled) <= 1 for spelled in positions.values())
-        params = self.params({t.key_type: positions[t.key_type] for t in asked}, single)
-        if (strategy or self.strategy) == "statement" and len(asked) > 1:
-            cursors = [await conn.execute(self.union_sql(asked, single), params)]
-            return Pending(keys, tables, asked, positions, cursors, True)
-        cursors = [await conn.execute(self._single[(t.name, single)], {t.key_type: params[t.key_type]}) for t in asked]
+        if (strategy or self.strategy) == "statement":
+            cur = await conn.execute(self.statement_for(asked), self.aligned(keys, asked))
+            return Pending(keys, tables, asked, positions, [cur], True)
+        cursors = [await conn.execute(self._per_table[t.name], {t.key_type: list(positions[t.key_type])}) for t in asked]
         return Pending(keys, tables, asked, positions, cursors, False)
 
     async def lookup(
