@@ -136,6 +136,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}FLUSH_INTERVAL_S must be positive")
         if self.log_format not in ("auto", "json", "text"):
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be auto, json or text")
+        if not self.features_schema.strip():
+            raise SettingsError(f"{PREFIX}FEATURES_SCHEMA must name a schema")
         if self.features_strategy not in ("statement", "pipeline"):
             raise SettingsError(f"{PREFIX}FEATURES_STRATEGY must be statement or pipeline")
         if not 0 <= self.features_ready_hit_ratio <= 1:

@@ -414,3 +414,22 @@ def test_hot_keys_are_recorded_through_the_function_only(http, tokens, admin, st
                 app.execute(statement)
         with pytest.raises(errors.InvalidParameterValue):
             app.execute("SELECT record_feature_hot_keys(array_fill('k'::text, ARRAY[10001]), array_fill(1::bigint, ARRAY[10001]))")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"CACHESVC_FEATURES_STRATEGY": "fastest"},
+        {"CACHESVC_FEATURES_READY_HIT_RATIO": "1.5"},
+        {"CACHESVC_FEATURES_PREWARM_FRACTION": "-0.1"},
+        {"CACHESVC_FEATURES_WARMUP_LOOKUPS": "-1"},
+        {"CACHESVC_FEATURES_SCHEMA": " "},
+        {"CACHESVC_FEATURES_OPEN_TO_USERS": "maybe"},
+    ],
+)
+def test_feature_settings_are_checked(bad):
+    from cachesvc.settings import Settings, SettingsError
+
+    assert Settings.from_env({}).features_strategy == "statement"
+    with pytest.raises(SettingsError, match="CACHESVC_FEATURES_"):
+        Settings.from_env(bad)
