@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from cachesvc.maintenance import cli as maintenance_cli
+from cachesvc.features import cli as features_cli
 from cachesvc.settings import Settings, SettingsError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -70,6 +71,7 @@ def cmd_dev(args, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         stack.start(log=lambda msg: _err(msg))
+        feature_tables = features_cli.dev_demo(stack.url(localstack.SUPERUSER), settings, _err)
         env = stack.env() | {
             "CACHESVC_HOME": str(home),
             "CACHESVC_JWT_SECRET": settings.jwt_secret,
@@ -98,6 +100,7 @@ Ctrl-C stops the service, PgBouncer and PostgreSQL; data is kept in {home}.
 
 """
         )
+        sys.stderr.write(features_cli.dev_banner(url, service_token, feature_tables))
         args.host, args.port = settings.host, settings.port
         return cmd_serve(args, dev_settings)
     except KeyboardInterrupt:
@@ -237,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_settings)
 
     maintenance_cli.register(sub)
+    features_cli.register(sub)
     return parser
 
 

@@ -94,6 +94,33 @@ class Settings:
     log_level: str = _setting("INFO", help="logging level")
     access_log: bool = _setting(True, help="one log line per request (id, route, status, latency, hashed user)")
 
+    # -- feature read path (cachesvc.features) --
+    features_schema: str = _setting("features", help="schema whose tables are the feature tables")
+    features_tables: str = _setting(
+        "", help="comma-separated allow-list of feature tables (empty: every table of the schema)"
+    )
+    features_strategy: str = _setting(
+        "statement", help="statement (one UNION ALL statement) or pipeline (one statement per table, pipelined)"
+    )
+    features_open_to_users: bool = _setting(
+        False, help="let user tokens read features (by default only service_role tokens may)"
+    )
+    features_warmup: bool = _setting(True, help="warm the feature tables up before /readyz turns ready")
+    features_warmup_wait_s: float = _setting(
+        10.0, help="how long start-up waits for warm-up before it starts answering (/readyz is 503 until warm)"
+    )
+    features_warmup_hot_keys: int = _setting(1000, help="how many recorded hot keys warm-up looks up")
+    features_warmup_lookups: int = _setting(200, help="how many synthetic lookups of sampled keys warm-up runs")
+    features_prewarm_fraction: float = _setting(
+        0.5, help="share of shared_buffers that pg_prewarm may fill with feature indexes and tables"
+    )
+    features_ready_hit_ratio: float = _setting(
+        0.9, help="readiness: least buffer hit ratio of a probe lookup of random keys (0 disables)"
+    )
+    features_ready_latency_ms: float = _setting(
+        25.0, help="readiness: longest time of a probe lookup over every table (0 disables)"
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
@@ -123,6 +150,16 @@ class Settings:
             raise SettingsError(f"{PREFIX}FLUSH_INTERVAL_S must be positive")
         if self.log_format not in ("auto", "json", "text"):
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be auto, json or text")
+        if not self.features_schema.strip():
+            raise SettingsError(f"{PREFIX}FEATURES_SCHEMA must name a schema")
+        if self.features_strategy not in ("statement", "pipeline"):
+            raise SettingsError(f"{PREFIX}FEATURES_STRATEGY must be statement or pipeline")
+        if not 0 <= self.features_ready_hit_ratio <= 1:
+            raise SettingsError(f"{PREFIX}FEATURES_READY_HIT_RATIO must be between 0 and 1")
+        if not 0 <= self.features_prewarm_fraction <= 1:
+            raise SettingsError(f"{PREFIX}FEATURES_PREWARM_FRACTION must be between 0 and 1")
+        if min(self.features_warmup_hot_keys, self.features_warmup_lookups) < 0 or self.features_ready_latency_ms < 0:
+            raise SettingsError(f"{PREFIX}FEATURES_WARMUP_* and {PREFIX}FEATURES_READY_LATENCY_MS must not be negative")
         for name in ("database_url", "admin_database_url"):
             scheme = urlsplit(getattr(self, name)).scheme
             if scheme not in ("postgresql", "postgres"):

@@ -11,7 +11,7 @@ through cachesvc_sync_partition_policies(); new ones copy them at creation as be
 from cachesvc import sqlfiles
 
 revision = "0003"
-down_revision = "0001"  # TEMP until the features branch lands
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -19,10 +19,13 @@ from starlette.routing import Route
 
 from cachesvc import auth, db, migrations
 from cachesvc.api import cache, errors, openapi
+from cachesvc.api import features as feature_routes
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.store import CacheStore
 from cachesvc.metrics import Metrics
 from cachesvc.ratelimit import RateLimiter
+from cachesvc.features.catalog import CatalogError
+from cachesvc.features.service import FeatureService
 from cachesvc.settings import Settings
 
 log = logging.getLogger("cachesvc.api")
@@ -81,10 +84,12 @@ async def readyz(request: Request) -> Response:
             checks["schema"] = bool(row) and row[0] == state.expected_revision
     except Exception as exc:  # readiness reports, it never raises
         log.warning("readiness check failed: %s", exc)
-    ready = all(checks.values())
+    features = state.features.readiness.status()  # warm-up and its probe (cachesvc.features.readiness)
+    ready = all(checks.values()) and features["ready"]
     state.metrics.ready.set(1 if ready else 0)
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks, "expectedRevision": state.expected_revision},
+        {"status": "ready" if ready else "not_ready", "checks": checks, "expectedRevision": state.expected_revision,
+         "features": features},
         status_code=200 if ready else 503,
         headers=None if ready else {"Retry-After": "2"},
     )
@@ -114,6 +119,9 @@ ROUTES = [
     route("/v1/cache/{content_type}/{key:path}", cache.get_entry, "GET", template=ENTRY),
     route("/v1/cache/{content_type}/{key:path}", cache.put_entry, "PUT", template=ENTRY),
     route("/v1/cache/{content_type}/{key:path}", cache.delete_entry, "DELETE", template=ENTRY),
+    route("/v1/features/_stats", feature_routes.table_stats, "GET"),
+    route("/v1/features/lookup", feature_routes.lookup, "POST"),
+    route("/v1/features/{entityKey}", feature_routes.get_features, "GET"),
 ]
 
 
@@ -137,13 +145,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         state.metrics.batcher = state.store.batcher
         await db.open_pool(state.pool, settings)
+        try:
+            state.features = await FeatureService.open(state.pool, settings)
+        except CatalogError as exc:
+            log.error("refusing to start: %s", exc)
+            await state.pool.close()
+            raise
         flusher = asyncio.create_task(state.counters.run(state.pool, settings.flush_interval_s, state.metrics))
         log.info("ready to serve", extra={"fields": {"pool": settings.pool_size}})
         try:
             yield
         finally:
             # The server has stopped accepting and let in-flight requests finish; what is
-            # left: the last counters, then the pool.
+            # left: feature state, the last counters, then the pool.
+            await state.features.close()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher

@@ -8,6 +8,7 @@ import msgspec
 
 from cachesvc import __version__
 from cachesvc.cache import models
+from cachesvc.features import models as feature_models
 
 REF = "#/components/schemas/{name}"
 
@@ -47,10 +48,47 @@ USER_HEADER = {
 MISS = {"404": _json("ErrorBody", "cache_miss: no live entry (expired entries are misses)")}
 
 
+FEATURE_ERRORS = {
+    **_errors("400", "401"),
+    "403": _json("ErrorBody", "forbidden: only service_role tokens may read features (unless opened to user tokens)"),
+    **_errors("503"),
+}
+FEATURE_PATHS = {
+    "/v1/features/{entityKey}": {
+        "get": {
+            "operationId": "getFeatures", "summary": "One entity's features from every table (or the tables named)",
+            "parameters": [
+                {"name": "entityKey", "in": "path", "required": True,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": feature_models.MAX_KEY_LENGTH},
+                 "description": "URL-encoded, without '/' (use POST /v1/features/lookup for such keys)"},
+                {"name": "tables", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "comma-separated feature tables (default: all); an unknown table is a 400 naming it"},
+            ],
+            "responses": {"200": _json("FeatureVector", "each table's row for the key, null where it has none"), **FEATURE_ERRORS},
+        },
+    },
+    "/v1/features/lookup": {
+        "post": {
+            "operationId": "lookupFeatures", "summary": "Features of up to 100 entities in one round trip",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name="FeatureLookupRequest")}}}},
+            "responses": {"200": _json("FeatureLookupResponse", "results in request order"), **FEATURE_ERRORS, **_errors("413")},
+        },
+    },
+    "/v1/features/_stats": {
+        "get": {
+            "operationId": "featureStats", "summary": "Per feature table: buffer hit ratio, index vs sequential scans, rows, size",
+            "responses": {"200": _json("FeatureStatsResponse", "figures and warnings"), **FEATURE_ERRORS},
+        },
+    },
+}
+
+
 def document() -> dict:
     _, components = msgspec.json.schema_components(
         [models.CacheEntry, models.PutEntry, models.LookupRequest, models.LookupResponse,
-         models.EraseResponse, models.StatsResponse, models.ErrorBody],
+         models.EraseResponse, models.StatsResponse, models.ErrorBody,
+         feature_models.FeatureVector, feature_models.FeatureLookupRequest,
+         feature_models.FeatureLookupResponse, feature_models.FeatureStatsResponse],
         ref_template=REF,
     )
     paths = {
@@ -96,6 +134,7 @@ def document() -> dict:
                 "responses": {"200": _json("StatsResponse", "statistics"), **_common()},
             },
         },
+        **FEATURE_PATHS,
         "/healthz": {"get": {"operationId": "healthz", "security": [], "summary": "Process alive",
                              "responses": {"200": {"description": "alive"}}}},
         "/metrics": {"get": {"operationId": "metrics", "security": [], "summary": "Prometheus metrics",
@@ -107,7 +146,7 @@ def document() -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "cachesvc", "version": __version__,
-                 "description": "PostgreSQL-backed cache for AI-generated content, per user."},
+                 "description": "PostgreSQL-backed cache for AI-generated content, per user, and online feature lookups."},
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
         "paths": paths,

@@ -1,0 +1,82 @@
+"""The feature endpoints: route -> token -> validation -> reader -> JSON.
+
+Only ``service_role`` tokens may read features, unless ``features_open_to_users`` lets user
+tokens too. A request names tables (all of them by default); an unknown table is a 400
+naming it, and a key that a table does not hold is ``null`` for that table.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cachesvc.api.cache import decode, json_response, read_body
+from cachesvc.api.errors import ApiError, validation_error
+from cachesvc.api.identity import authenticate
+from cachesvc.features import models, stats as feature_stats
+from cachesvc.features.catalog import FeatureTable
+from cachesvc.features.service import FeatureService
+from cachesvc.settings import Settings
+
+
+def _context(request: Request) -> tuple[FeatureService, Settings]:
+    state = request.app.state
+    return state.features, state.settings
+
+
+def _authorize(request: Request, settings: Settings) -> None:
+    principal = authenticate(request, settings)
+    if principal.is_service:
+        return
+    if settings.features_open_to_users and principal.role == "authenticated":
+        return
+    raise ApiError(403, "forbidden", "features may be read with a service_role token only")
+
+
+def _tables(features: FeatureService, names: list[str] | None) -> list[FeatureTable]:
+    try:
+        return features.catalog.resolve(names)
+    except KeyError as exc:
+        unknown = exc.args[0]
+        raise validation_error(f"unknown feature table(s): {', '.join(unknown)}", "tables") from None
+
+
+def _tables_param(request: Request) -> list[str] | None:
+    raw = request.query_params.get("tables")
+    if raw is None or not raw.strip():
+        return None
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+async def get_features(request: Request) -> Response:
+    features, settings = _context(request)
+    _authorize(request, settings)
+    key = request.path_params["entityKey"]
+    if not models.is_valid_key(key):
+        raise validation_error(f"entityKey must be 1-{models.MAX_KEY_LENGTH} printable characters", "entityKey")
+    tables = _tables(features, _tables_param(request))
+    (found,) = await features.reader.lookup([key], tables)
+    features.hot_keys.record([key])
+    return json_response(models.FeatureVector(entity_key=key, features=found))
+
+
+async def lookup(request: Request) -> Response:
+    features, settings = _context(request)
+    _authorize(request, settings)
+    body = decode(await read_body(request, settings.max_body_bytes), models.FeatureLookupRequest)
+    for index, key in enumerate(body.entity_keys):
+        if not models.is_valid_key(key):
+            raise validation_error(
+                f"entityKeys must be 1-{models.MAX_KEY_LENGTH} printable characters", f"entityKeys[{index}]"
+            )
+    tables = _tables(features, body.tables)
+    found = await features.reader.lookup(body.entity_keys, tables)
+    features.hot_keys.record(body.entity_keys)
+    results = [models.FeatureVector(entity_key=k, features=f) for k, f in zip(body.entity_keys, found)]
+    return json_response(models.FeatureLookupResponse(results=results))
+
+
+async def table_stats(request: Request) -> Response:
+    features, settings = _context(request)
+    _authorize(request, settings)
+    return json_response(await feature_stats.collect(features.reader.pool, features.catalog.schema))

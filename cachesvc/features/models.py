@@ -1,0 +1,75 @@
+"""The feature API's JSON bodies: msgspec Structs, camelCase on the wire.
+
+A table's row travels as raw JSON text built by PostgreSQL (``row_to_json``); the service
+never parses it, so numbers stay numbers and timestamps stay ISO 8601 strings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from cachesvc.features.reader import MAX_KEYS
+
+MAX_KEY_LENGTH = 512
+
+EntityKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH, description="1-512 printable characters")]
+TableName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="a feature table")]
+FeatureRow = Annotated[
+    msgspec.Raw,
+    msgspec.Meta(
+        description="the table's row for the key, column -> value (numbers as numbers, timestamps ISO 8601); null on a miss",
+        extra_json_schema={"type": "object", "additionalProperties": True},
+    ),
+]
+
+
+class Struct(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class FeatureVector(Struct, omit_defaults=False):
+    """Every requested table's row for one entity key (null where the table has none)."""
+
+    entity_key: str
+    features: dict[str, FeatureRow | None]
+
+
+class FeatureLookupRequest(Struct):
+    entity_keys: Annotated[list[EntityKey], msgspec.Meta(min_length=1, max_length=MAX_KEYS)]
+    tables: Annotated[list[TableName], msgspec.Meta(min_length=1)] | None = None
+
+
+class FeatureLookupResponse(Struct):
+    results: list[FeatureVector]
+
+
+class FeatureTableStats(Struct, omit_defaults=False):
+    """One feature table's figures, as the feature_table_health view reports them."""
+
+    table_name: str
+    heap_blks_hit: int
+    heap_blks_read: int
+    heap_hit_ratio: float | None
+    idx_blks_hit: int | None
+    idx_blks_read: int | None
+    index_hit_ratio: float | None
+    buffer_hit_ratio: float | None
+    idx_scan: int
+    seq_scan: int
+    seq_tup_read: int
+    row_estimate: int
+    total_bytes: int
+    total_size: str
+    has_primary_key: bool
+
+
+class FeatureStatsResponse(Struct):
+    schema_name: str
+    tables: list[FeatureTableStats]
+    warnings: list[str]
+
+
+def is_valid_key(key: str) -> bool:
+    return 1 <= len(key) <= MAX_KEY_LENGTH and key.isprintable()

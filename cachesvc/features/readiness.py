@@ -1,0 +1,177 @@
+"""The feature read path's readiness gate: warm-up done, then a probe that passes.
+
+After warm-up the gate probes, once a second until it passes, with keys warm-up did not
+look up: the buffer hit ratio of one lookup over every table (from the transaction's own
+block counters, so other sessions and earlier traffic do not blur it) must reach
+``features_ready_hit_ratio``, and another lookup must take at most
+``features_ready_latency_ms``. Once passed, the gate stays open: a busy moment later must
+not take every replica out of the load balancer at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from psycopg.pq import TransactionStatus
+
+from cachesvc.features import warmup
+from cachesvc.features.reader import FeatureReader
+from cachesvc.settings import Settings
+
+log = logging.getLogger("cachesvc.features")
+
+PROBE_KEYS = 10
+PROBE_INTERVAL_S = 1.0
+
+# Blocks of the feature tables and their indexes that this backend fetched and found in
+# shared buffers, not yet flushed to the cumulative statistics: a delta within one
+# transaction is exactly that transaction's I/O.
+BLOCK_COUNTERS = """
+SELECT coalesce(sum(pg_stat_get_xact_blocks_fetched(r)), 0)::bigint,
+       coalesce(sum(pg_stat_get_xact_blocks_hit(r)), 0)::bigint
+  FROM (SELECT c.oid AS r FROM pg_class c WHERE c.oid = ANY(%(rels)s::regclass[])
+        UNION ALL
+        SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = ANY(%(rels)s::regclass[])) AS s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    hit_ratio: float
+    latency_ms: float
+    min_hit_ratio: float
+    max_latency_ms: float
+
+    @property
+    def passed(self) -> bool:
+        ratio_ok = self.min_hit_ratio <= 0 or self.hit_ratio >= self.min_hit_ratio
+        latency_ok = self.max_latency_ms <= 0 or self.latency_ms <= self.max_latency_ms
+        return ratio_ok and latency_ok
+
+    def as_dict(self) -> dict:
+        return {
+            "hitRatio": round(self.hit_ratio, 4),
+            "minHitRatio": self.min_hit_ratio,
+            "latencyMs": round(self.latency_ms, 3),
+            "maxLatencyMs": self.max_latency_ms,
+            "passed": self.passed,
+        }
+
+
+async def hit_ratio(reader: FeatureReader, keys: list[str]) -> float:
+    """Share of the blocks one lookup of ``keys`` over every table found in shared buffers."""
+    params = {"rels": reader.catalog.relation_names()}
+    tables = list(reader.catalog.tables.values())
+    async with reader.pool.connection() as conn:
+        try:
+            async with conn.pipeline():
+                await conn.execute("BEGIN READ ONLY")
+                before = await conn.execute(BLOCK_COUNTERS, params)
+                pending = await reader.queue(conn, keys, tables)
+                after = await conn.execute(BLOCK_COUNTERS, params)
+                await conn.execute("COMMIT")
+        except BaseException:
+            if conn.info.transaction_status != TransactionStatus.IDLE:
+                await conn.rollback()
+            raise
+        await pending.collect()
+        (fetched0, hit0), (fetched1, hit1) = await before.fetchone(), await after.fetchone()
+    fetched, hit = fetched1 - fetched0, hit1 - hit0
+    return hit / fetched if fetched else 1.0
+
+
+async def probe(reader: FeatureReader, keys: list[str], settings: Settings, rng: random.Random) -> Probe:
+    ratio = await hit_ratio(reader, rng.sample(keys, min(PROBE_KEYS, len(keys))))
+    timed = rng.sample(keys, min(PROBE_KEYS, len(keys)))
+    start = time.perf_counter()
+    await reader.lookup(timed)
+    latency_ms = (time.perf_counter() - start) * 1000
+    return Probe(ratio, latency_ms, settings.features_ready_hit_ratio, settings.features_ready_latency_ms)
+
+
+class Readiness:
+    """Runs warm-up (retrying on database errors) and the probes; /readyz reads ``status``."""
+
+    def __init__(self, reader: FeatureReader, settings: Settings) -> None:
+        self.reader = reader
+        self.settings = settings
+        self.enabled = settings.features_warmup
+        self.state = "pending" if self.enabled else "disabled"
+        self.report: warmup.WarmupReport | None = None
+        self.last_probe: Probe | None = None
+        self.error: str | None = None
+        self.ready = asyncio.Event()
+        if not self.enabled:
+            self.ready.set()
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready.is_set()
+
+    def status(self) -> dict:
+        body = {"enabled": self.enabled, "state": self.state, "ready": self.is_ready, "tables": len(self.reader.catalog.tables)}
+        if self.report is not None:
+            body["warmup"] = self.report.as_dict()
+        if self.last_probe is not None:
+            body["probe"] = self.last_probe.as_dict()
+        if self.error:
+            body["error"] = self.error
+        return body
+
+    async def run(self) -> None:
+        if not self.enabled:
+            return
+        samples = await self._warm_up()
+        if not self.reader.catalog.tables:
+            self._open()
+            return
+        self.state = "probing"
+        rng = random.Random()
+        keys = samples.probe or samples.warm
+        last_warning = 0.0
+        while True:
+            try:
+                self.last_probe = await probe(self.reader, keys, self.settings, rng) if keys else None
+                self.error = None
+            except Exception as exc:
+                self.error = f"probe failed: {exc}"
+            else:
+                if self.last_probe is None or self.last_probe.passed:
+                    self._open()
+                    return
+            if time.monotonic() - last_warning > 30:
+                last_warning = time.monotonic()
+                log.warning("features not ready yet", extra={"fields": self.status()})
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _warm_up(self) -> warmup.Samples:
+        delay = 0.5
+        while True:
+            self.state = "warming"
+            try:
+                samples = await warmup.sample_keys(self.reader)
+                self.report = await warmup.warm_up(
+                    self.reader,
+                    prewarm_fraction=self.settings.features_prewarm_fraction,
+                    hot_key_limit=self.settings.features_warmup_hot_keys,
+                    lookups=self.settings.features_warmup_lookups,
+                    concurrency=self.settings.pool_size,
+                    samples=samples,
+                )
+                self.error = None
+                return samples
+            except Exception as exc:
+                self.state = "retrying"
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.warning("feature warm-up failed, retrying in %.1fs: %s", delay, self.error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _open(self) -> None:
+        self.state = "done"
+        self.ready.set()
+        log.info("features ready", extra={"fields": self.status()})

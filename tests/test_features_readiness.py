@@ -1,0 +1,223 @@
+"""Start-up of the feature read path: catalog checks, warm-up, and /readyz until it is warm."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx2
+import psycopg
+import pytest
+
+from cachesvc import db
+from cachesvc.features import catalog, warmup
+from cachesvc.features.reader import FeatureReader
+from cachesvc.localstack import SUPERUSER
+from tests.conftest import LiveService, connect
+from tests.feature_tables import StartingService, create_table, drop_tables, maintainer
+
+WARM = "ft_warm"
+
+
+@pytest.fixture
+def warm_table(stack):
+    with maintainer(stack) as conn:
+        create_table(conn, WARM, "id bigint PRIMARY KEY, v double precision, tag text",
+                     ((i, i / 7, f"t{i % 13}") for i in range(1, 5001)))
+    yield WARM
+    with maintainer(stack) as conn:
+        drop_tables(conn, WARM)
+
+
+def wait_for_status(service: StartingService, status: int, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while (res := service.readyz()).status_code != status:
+        assert time.monotonic() < deadline, f"/readyz stayed {res.status_code}: {res.text}"
+        time.sleep(0.1)
+    return res
+
+
+# -- readiness ------------------------------------------------------------------------------
+
+
+def test_readyz_is_503_until_warm_up_is_done(stack, warm_table, tmp_path):
+    """Warm-up blocked on the table's lock: 503 with the reason; once released: 200."""
+    with psycopg.connect(stack.url(SUPERUSER)) as blocker:
+        blocker.execute(f"LOCK TABLE features.{WARM} IN ACCESS EXCLUSIVE MODE")
+        live = StartingService(stack, tmp_path / "svc.log", features_tables=WARM, features_warmup_wait_s="0")
+        try:
+            time.sleep(3)  # longer than the service login's lock_timeout: warm-up has failed at least once
+            res = live.readyz()
+            assert res.status_code == 503 and res.headers["retry-after"]
+            body = res.json()
+            assert body["checks"] == {"pool": True, "schema": True}
+            assert body["features"]["ready"] is False
+            assert body["features"]["state"] in ("warming", "retrying")
+            blocker.rollback()  # release the lock
+            res = wait_for_status(live, 200)
+            features = res.json()["features"]
+            assert features["state"] == "done" and features["ready"] is True and features["tables"] == 1
+            steps = features["warmup"]["steps"]
+            assert steps["prewarm"]["method"] == "pg_prewarm" and steps["prewarm"]["blocks"] > 0
+            assert steps["syntheticLookups"]["count"] > 0
+            assert features["probe"]["passed"] is True and features["probe"]["hitRatio"] >= 0.9
+        finally:
+            live.stop()
+
+
+def test_readyz_stays_503_while_the_probe_misses_its_threshold(stack, warm_table, tmp_path):
+    live = StartingService(
+        stack, tmp_path / "svc.log", features_tables=WARM, features_warmup_wait_s="0", features_ready_latency_ms="0.0001"
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while (body := live.readyz().json())["features"].get("probe") is None:
+            assert time.monotonic() < deadline, body
+            time.sleep(0.1)
+        time.sleep(1.5)  # a second probe has run
+        res = live.readyz()
+        assert res.status_code == 503
+        features = res.json()["features"]
+        assert features["state"] == "probing" and features["ready"] is False
+        assert features["probe"]["passed"] is False
+        assert features["probe"]["latencyMs"] > features["probe"]["maxLatencyMs"]
+    finally:
+        live.stop()
+
+
+def test_without_warm_up_ready_at_once_and_hot_keys_are_warmed_first(stack, warm_table, tmp_path):
+    with connect(stack, "cachesvc_app", autocommit=True) as app:
+        app.execute("SELECT record_feature_hot_keys(ARRAY['11', '12', '13'], ARRAY[5, 5, 5]::bigint[])")
+    try:
+        cold = LiveService(stack, tmp_path / "cold.log", features_tables=WARM, features_warmup="false")
+        try:
+            res = httpx2.get(cold.url + "/readyz")
+            assert res.status_code == 200
+            assert res.json()["features"] == {"enabled": False, "state": "disabled", "ready": True, "tables": 1}
+        finally:
+            cold.stop()
+        warm = StartingService(stack, tmp_path / "warm.log", features_tables=WARM)
+        try:
+            features = wait_for_status(warm, 200).json()["features"]
+            assert features["warmup"]["steps"]["hotKeys"]["count"] >= 3
+        finally:
+            warm.stop()
+    finally:
+        with psycopg.connect(stack.url(SUPERUSER), autocommit=True) as admin:
+            admin.execute("DELETE FROM feature_hot_keys WHERE entity_key IN ('11', '12', '13')")
+
+
+def test_without_pg_prewarm_warm_up_reads_index_pages(stack, warm_table, admin):
+    """The fallback: no usable extension -> index-only reads; no sequential scan reads rows."""
+    schema = admin.execute(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE extname = 'pg_prewarm'"
+    ).fetchone()[0]
+    # Direct connections: closing the pool ends their backends, which flushes their statistics.
+    settings = stack.settings(database_url=stack.url("cachesvc_app", direct=True), behind_pgbouncer="false")
+
+    def counters():
+        admin.execute("SELECT pg_stat_clear_snapshot()")
+        return admin.execute(
+            "SELECT idx_scan, seq_tup_read FROM pg_stat_user_tables WHERE schemaname = 'features' AND relname = %s", (WARM,)
+        ).fetchone()
+
+    async def run():
+        pool = db.create_pool(settings)
+        await db.open_pool(pool, settings)
+        try:
+            async with pool.connection() as conn:
+                found = await catalog.discover(conn, "features", [WARM])
+            return await warmup.prewarm(FeatureReader(pool, found), fraction=0.5)
+        finally:
+            await pool.close()
+
+    admin.execute(f'REVOKE USAGE ON SCHEMA "{schema}" FROM cache_app')
+    try:
+        before = counters()
+        summary = asyncio.run(run())
+    finally:
+        admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO cache_app')
+    assert summary["method"] == "index_scan" and summary["tablesInBuffers"] == 1
+    deadline = time.monotonic() + 10
+    while (after := counters())[0] < before[0] + 2:
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.2)
+    assert after[1] == before[1]
+    # and with the extension usable again, it is used
+    assert asyncio.run(run())["method"] == "pg_prewarm"
+
+
+# -- the catalog refuses what it cannot serve ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ddl", "message"),
+    [
+        ("a integer, b text", "features.ft_bad has no primary key"),
+        ("a integer, b text, PRIMARY KEY (a, b)", "features.ft_bad has a composite primary key (a, b)"),
+        ("a numeric PRIMARY KEY, b text", "features.ft_bad: key column a is numeric"),
+    ],
+)
+def test_service_refuses_to_start_on_a_table_it_cannot_serve(stack, tmp_path, ddl, message):
+    with maintainer(stack) as conn:
+        create_table(conn, "ft_bad", ddl)
+    try:
+        with pytest.raises(RuntimeError, match="service exited") as failed:
+            LiveService(stack, tmp_path / "svc.log")
+        assert message in str(failed.value)
+        # An allow-list that leaves the table out serves the others.
+        with maintainer(stack) as conn:
+            create_table(conn, "ft_fine", "k text PRIMARY KEY, v integer", [("a", 1)])
+        live = LiveService(stack, tmp_path / "allowed.log", features_tables="ft_fine")
+        live.stop()
+    finally:
+        with maintainer(stack) as conn:
+            drop_tables(conn, "ft_bad", "ft_fine")
+
+
+def test_catalog_refuses_a_table_the_service_cannot_read_and_an_unknown_allowed_table(stack, admin):
+    admin.execute("CREATE TABLE features.ft_foreign (k bigint PRIMARY KEY)")  # owned by the superuser: no grant
+    try:
+        with connect(stack, "cachesvc_app", autocommit=True) as app:
+            with pytest.raises(catalog.CatalogError, match=r"features\.ft_foreign is not readable by the service's role"):
+                catalog.discover_sync(app, "features")
+            with pytest.raises(catalog.CatalogError, match=r"features\.nowhere is in the allow-list but does not exist"):
+                catalog.discover_sync(app, "features", ["nowhere"])
+            admin.execute("GRANT SELECT ON features.ft_foreign TO cache_app")
+            assert list(catalog.discover_sync(app, "features", ["ft_foreign"]).tables) == ["ft_foreign"]
+    finally:
+        admin.execute("DROP TABLE features.ft_foreign")
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def run_cli(stack, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")} | stack.env() | env
+    return subprocess.run([sys.executable, "-m", "cachesvc", *args], env=environ, capture_output=True, text=True, timeout=120)
+
+
+def test_warmup_and_stats_commands(stack, warm_table, admin):
+    result = run_cli(stack, "features", "warmup", CACHESVC_FEATURES_TABLES=WARM)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["tables"] == [WARM]
+    assert report["steps"]["prewarm"]["method"] == "pg_prewarm" and report["steps"]["syntheticLookups"]["count"] > 0
+    assert report["probe"]["passed"] is True
+    admin.execute(f"SELECT count(*) FROM features.{WARM} WHERE tag = 'x'")  # a sequential scan reading rows
+    admin.execute("SELECT pg_stat_force_next_flush()")
+    admin.execute("SELECT 1")
+    deadline = time.monotonic() + 10
+    while True:
+        stats = run_cli(stack, "features", "stats", "--strict")
+        warnings = json.loads(stats.stdout)["warnings"]
+        if any(w.startswith(f"{WARM}: sequential scans read") for w in warnings) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert stats.returncode == 1 and any(w.startswith(f"{WARM}: sequential scans read") for w in warnings), warnings
+    assert f"warning: {WARM}: sequential scans read" in stats.stderr
+    assert run_cli(stack, "features", "stats").returncode == 0  # warnings are not failures without --strict
