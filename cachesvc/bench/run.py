@@ -33,6 +33,7 @@ import psycopg
 
 from cachesvc import auth
 from cachesvc.bench import loadgen
+from cachesvc.features import demo
 from cachesvc.localstack import SUPERUSER, LocalStack, free_port
 from cachesvc.migrations import PROJECT_ROOT
 
@@ -197,6 +198,22 @@ def wrk(port: int, requests: list[bytes], home: Path, connections: int, seconds:
             "p99_ms": round(data["p99"], 3), "errors": data["errors"], "non2xx": data["non2xx"]}
 
 
+def feature_requests(secret: str, port: int, n_keys: int, rows: int, count: int = 2000) -> list[bytes]:
+    import random
+
+    rng = random.Random(n_keys)
+    token = auth.mint(secret, sub="bench", role=auth.SERVICE_ROLE, ttl_seconds=86400)
+    headers = {"Authorization": f"Bearer {token}"}
+    if n_keys == 1:
+        return [loadgen.build_request("GET", f"/v1/features/{rng.randint(1, rows)}", f"127.0.0.1:{port}", headers)
+                for _ in range(count)]
+    return [
+        loadgen.build_request("POST", "/v1/features/lookup", f"127.0.0.1:{port}", headers,
+                              json.dumps({"entityKeys": [str(rng.randint(1, rows)) for _ in range(n_keys)]}).encode())
+        for _ in range(count)
+    ]
+
+
 def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -218,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="300,1000", help="open-loop GET rates (req/s)")
     parser.add_argument("--scale", action="store_true", help="also measure GET with 10M cache rows (slow)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "BENCHMARKS.md")
+    parser.add_argument("--feature-tables", type=int, default=30, help="feature tables for the lookup runs (0: skip)")
+    parser.add_argument("--feature-rows", type=int, default=100_000)
     args = parser.parse_args(argv)
 
     home = Path(tempfile.mkdtemp(prefix="cachesvc-bench-"))
@@ -251,6 +270,20 @@ def main(argv: list[str] | None = None) -> int:
                 loadgen.closed_loop("127.0.0.1", service.port, puts, args.seconds, args.clients)).summary()
             say("service PUT open loop at 300 req/s")
             results["put_open_300"] = asyncio.run(loadgen.open_loop("127.0.0.1", service.port, puts, 300, args.seconds)).summary()
+        finally:
+            service.stop()
+        if args.feature_tables:
+            say(f"feature tables: {args.feature_tables} x {args.feature_rows:,} rows")
+            demo.generate(stack.url(SUPERUSER), "features", tables=args.feature_tables, rows=args.feature_rows)
+            with psycopg.connect(stack.url(SUPERUSER), autocommit=True) as conn:
+                conn.execute("ANALYZE")
+        service = Service(stack, home, secret)  # feature tables are discovered at start-up
+        try:
+            for n_keys in (1, 10) if args.feature_tables else ():
+                say(f"feature lookup over {args.feature_tables} tables, {n_keys} key(s), open loop at 200 req/s")
+                reqs = feature_requests(secret, service.port, n_keys, args.feature_rows)
+                results[f"features_{n_keys}key_200"] = asyncio.run(
+                    loadgen.open_loop("127.0.0.1", service.port, reqs, 200, args.seconds)).summary()
             if args.scale:
                 say("seeding to 10M rows (this takes a while)")
                 seed_scale(stack)
@@ -276,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
             label = label if "rows" in label else label + " req/s, 100k rows"
             rows.append((f"service GET, open loop at {label}", f"{value['rps']:,.0f} req/s",
                          f"p50 {value['p50_ms']} ms, p99 {value['p99_ms']} ms, p99.9 {value['p999_ms']} ms"))
+    for n_keys in (1, 10):
+        value = results.get(f"features_{n_keys}key_200")
+        if value:
+            rows.append((f"feature lookup, {args.feature_tables} tables x {args.feature_rows:,} rows, {n_keys} key(s), open loop at 200 req/s",
+                         f"{value['rps']:,.0f} req/s", f"p50 {value['p50_ms']} ms, p99 {value['p99_ms']} ms, p99.9 {value['p999_ms']} ms"))
     put = results["put_closed"]
     rows.append(("service PUT, closed loop", f"{put['rps']:,.0f} req/s", f"p50 {put['p50_ms']} ms, p99 {put['p99_ms']} ms"))
     p300 = results["put_open_300"]
