@@ -25,11 +25,11 @@ from cachesvc.cache.store import CacheStore
 from cachesvc.metrics import Metrics
 from cachesvc.ratelimit import RateLimiter
 from cachesvc.features.catalog import CatalogError
+from cachesvc.logs import AccessLog
 from cachesvc.features.service import FeatureService
 from cachesvc.settings import Settings
 
 log = logging.getLogger("cachesvc.api")
-access_log = logging.getLogger("cachesvc.access")
 
 
 def endpoint(handler, route: str):
@@ -54,17 +54,15 @@ def endpoint(handler, route: str):
         response.headers["x-request-id"] = rid
         elapsed = time.perf_counter() - started
         metrics.requests.labels(route, request.method, str(response.status_code)).observe(elapsed)
-        if request.app.state.settings.access_log:
+        access = request.app.state.access_log
+        if access is not None:
             user = getattr(request.state, "user_id", None)
-            access_log.info(
-                "request",
-                extra={"fields": {
-                    "requestId": rid, "method": request.method, "route": route, "status": response.status_code,
-                    "ms": round(elapsed * 1000, 3),
-                    # A stable pseudonym: logs can follow a user without naming them.
-                    "user": hashlib.sha256(user.bytes).hexdigest()[:16] if user else None,
-                }},
-            )
+            access.write({
+                "requestId": rid, "method": request.method, "route": route, "status": response.status_code,
+                "ms": round(elapsed * 1000, 3),
+                # A stable pseudonym: logs can follow a user without naming them.
+                "user": hashlib.sha256(user.bytes).hexdigest()[:16] if user else None,
+            })
         return response
 
     return wrapped
@@ -134,6 +132,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.settings = settings
         state.expected_revision = migrations.head_revision()
         state.openapi = openapi.document_bytes()
+        state.access_log = AccessLog(settings.log_format) if settings.access_log else None
         state.metrics = Metrics()
         state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         state.tokens = auth.VerifiedTokens(settings.jwt_secret, settings.jwt_audience)
@@ -168,6 +167,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             except Exception as exc:
                 log.error("final counter flush failed; %d counters lost: %s", state.counters.pending, exc)
             await state.pool.close()
+            if state.access_log is not None:
+                state.access_log.flush()
 
     async def not_found(request: Request, exc) -> Response:
         request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
