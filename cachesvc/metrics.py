@@ -46,6 +46,12 @@ class PoolCollector:
         ):
             value = stats.get(key, 0)
             yield CounterMetricFamily(name, doc, value=value / 1000 if key.endswith("_ms") else value)
+        features = self.metrics.features
+        if features is not None:
+            status = features.readiness.status()
+            yield GaugeMetricFamily("cachesvc_features_warm", "1 when feature warm-up and its probe have passed",
+                                    value=1 if status["ready"] else 0)
+            yield GaugeMetricFamily("cachesvc_feature_tables", "feature tables served", value=status["tables"])
         batcher = self.metrics.batcher
         yield CounterMetricFamily("cachesvc_read_batches", "coalesced read transactions run",
                                   value=batcher.batches if batcher else 0)
@@ -63,6 +69,7 @@ class Metrics:
         self.pool: AsyncConnectionPool | None = None
         self.counters: Counters | None = None
         self.batcher = None  # the store's ReadBatcher, when reads are coalesced
+        self.features = None  # the FeatureService, once open
         self.requests = Histogram(
             "cachesvc_request_duration_seconds", "HTTP request latency", ["route", "method", "status"],
             buckets=LATENCY_BUCKETS, registry=self.registry,

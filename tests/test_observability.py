@@ -77,3 +77,9 @@ def test_startup_retries_then_gives_up_with_a_clear_message(stack, tmp_path):
     assert result.returncode != 0
     assert result.stderr.count("retrying in") == 2
     assert f"database unreachable after 3 attempts (127.0.0.1:{port}/cachesvc)" in result.stderr
+
+
+def test_metrics_report_warm_up_and_coalescing(service):
+    text = httpx2.get(service.url + "/metrics").text
+    assert "cachesvc_features_warm 1.0" in text
+    assert "cachesvc_read_batches_total" in text and "cachesvc_pool_in_use" in text

@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.metrics.batcher = state.store.batcher
         await db.open_pool(state.pool, settings)
         try:
-            state.features = await FeatureService.open(state.pool, settings)
+            state.features = state.metrics.features = await FeatureService.open(state.pool, settings)
         except CatalogError as exc:
             log.error("refusing to start: %s", exc)
             await state.pool.close()
