@@ -58,6 +58,18 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
     return _fixed_pool(settings.database_url, settings.pool_size, settings, "cachesvc")
 
 
+def create_check_pools(settings: Settings) -> tuple[AsyncConnectionPool, AsyncConnectionPool] | None:
+    """One connection to each server for the replica's lag checks, apart from the request
+    pools: a check must neither wait behind requests nor take a connection from them (a busy
+    replica pool is not a replica down). Open them with ``open(wait=False)``."""
+    if not settings.read_database_url:
+        return None
+    return (
+        _fixed_pool(settings.database_url, 1, settings, "cachesvc-check"),
+        _fixed_pool(settings.read_database_url, 1, settings, "cachesvc-read-check"),
+    )
+
+
 def create_read_pool(settings: Settings) -> AsyncConnectionPool | None:
     """The read replica's pool (None without ``CACHESVC_READ_DATABASE_URL``).
 
@@ -85,6 +97,14 @@ def _fixed_pool(url: str, size: int, settings: Settings, name: str) -> AsyncConn
 
 class DatabaseTimeout(psycopg.OperationalError):
     """The database did not answer within the time budget of the request (or attempt)."""
+
+
+def connection_lost(exc: psycopg.OperationalError) -> bool:
+    """The attempt failed because its connection died (not a timeout, a lock wait or a conflict)."""
+    if isinstance(exc, DatabaseTimeout | psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
+        return False
+    state = exc.sqlstate or ""
+    return not state or state.startswith(("08", "57P"))
 
 
 class Bounded:

@@ -11,8 +11,9 @@ stops getting answers, is skipped once it exceeds ``replica_max_lag_s``, without
 
 Comparing WAL positions needs no clock of either server, and an idle primary writes no WAL,
 so an idle pair shows no lag (``now() - pg_last_xact_replay_timestamp()`` grows without bound
-when nothing is written). Both positions are read through the pools (PgBouncer), as the
-service's login: every function used is executable by PUBLIC.
+when nothing is written). Both positions are read as the service's login, through PgBouncer,
+on one connection to each server kept for the checks alone (cachesvc.db.create_check_pools):
+a check never waits behind requests. Every function used is executable by PUBLIC.
 """
 
 from __future__ import annotations
@@ -76,9 +77,14 @@ def covered_since(samples: deque[Sample], replayed: int) -> float | None:
 class ReplicaMonitor:
     """Checks the replica in the background; the router asks ``usable()`` on every read."""
 
-    def __init__(self, primary: AsyncConnectionPool, replica: AsyncConnectionPool, settings: Settings) -> None:
+    def __init__(
+        self, primary: AsyncConnectionPool, replica: AsyncConnectionPool, read_pool: AsyncConnectionPool, settings: Settings
+    ) -> None:
+        """``primary`` and ``replica``: the check pools (one connection each); ``read_pool``: the
+        replica's request pool, whose connections are checked when the replica comes back."""
         self.primary = primary
         self.replica = replica
+        self.read_pool = read_pool
         self.max_lag_s = settings.replica_max_lag_s
         self.interval_s = settings.replica_check_interval_s
         self.timeout_s = settings.replica_timeout_s
@@ -182,7 +188,18 @@ class ReplicaMonitor:
         if not in_recovery or self.primary_id is None or system_id != self.primary_id:
             self._not_a_standby(in_recovery, system_id)
             return
+        if self.problem == "down":
+            await self._renew_read_connections()
         self._replayed(int(replayed), started)
+
+    async def _renew_read_connections(self) -> None:
+        """Back from down: connections the request pool holds to a restarted replica or
+        PgBouncer are dead; replace them before reads return (an idle connection is otherwise
+        only checked after a few seconds)."""
+        try:
+            await self._bounded(self.read_pool.check(), self.timeout_s)
+        except Exception as exc:  # what is left broken is replaced when a read meets it
+            log.info("checking the replica's pooled connections: %s", exc)
 
     async def _sample_primary(self) -> None:
         at = time.monotonic()

@@ -11,10 +11,11 @@ to the replica unless one of these sends it to the primary:
 3. a consistency token: the read carries the WAL position a write returned (from any service
    process) and the replica has not replayed that far yet.
 
-A read routed to the replica that fails there (connection refused or lost, no answer within
-``replica_timeout_s``, a query cancelled by a replay conflict, any database error) is run
-again on the primary, without an error for the client; connection-level failures also mark
-the replica down until a later check finds it well.
+A read routed to the replica that fails there (connection refused or lost, no pooled
+connection or no answer within ``replica_timeout_s``, a query cancelled by a replay conflict,
+any database error) is run again on the primary, without an error for the client. A lost or
+refused connection also marks the replica down at once, until a later check finds it well; a
+slow or busy replica is left to the monitor's checks, which have connections of their own.
 
 Writes, erase, statistics and the counter flushes never come here: they use the primary's pool.
 """
@@ -31,14 +32,11 @@ from typing import TypeVar
 import psycopg
 import psycopg_pool
 
-from cachesvc.db import Bounded, DatabaseTimeout
+from cachesvc.db import Bounded, connection_lost
 from cachesvc.replica import ReplicaMonitor
 from cachesvc.settings import Settings
 
 T = TypeVar("T")
-
-# The replica itself failed (rather than the statement): stop sending reads there for a while.
-REPLICA_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed, DatabaseTimeout)
 
 
 class Target(enum.Enum):
@@ -120,8 +118,15 @@ class ReadRouter:
             return await attempt(Target.PRIMARY)
         try:
             return await self._bounded(attempt(Target.REPLICA), self.timeout_s)
-        except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
-            if isinstance(exc, REPLICA_DOWN):
+        except psycopg.Error as exc:  # PoolTimeout and DatabaseTimeout are OperationalErrors too
+            if _replica_gone(exc):
                 self.monitor.mark_failed(exc)
             self.fallbacks[type(exc).__name__] += 1
         return await attempt(Target.PRIMARY)
+
+
+def _replica_gone(exc: psycopg.Error) -> bool:
+    """The replica's connection was refused or lost (not a timeout, a busy pool or a conflict)."""
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed):
+        return False
+    return isinstance(exc, psycopg.OperationalError) and connection_lost(exc)

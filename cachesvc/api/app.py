@@ -149,7 +149,8 @@ async def start_replica(state) -> asyncio.Task | None:
     check it once so that reads may go there from the first request, then keep checking."""
     if state.replica is None:
         return None
-    await state.read_pool.open(wait=False)
+    for pool in (state.read_pool, *state.check_pools):
+        await pool.open(wait=False)
     await state.replica.check()
     return asyncio.create_task(state.replica.run(), name="replica-monitor")
 
@@ -160,7 +161,8 @@ async def stop_replica(state, monitor: asyncio.Task | None) -> None:
     monitor.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await monitor
-    await state.read_pool.close()
+    for pool in (state.read_pool, *state.check_pools):
+        await pool.close()
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -177,7 +179,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.tokens = auth.VerifiedTokens(settings.jwt_secret, settings.jwt_audience)
         state.pool = db.create_pool(settings)
         state.read_pool = db.create_read_pool(settings)
-        state.replica = ReplicaMonitor(state.pool, state.read_pool, settings) if state.read_pool else None
+        state.check_pools = db.create_check_pools(settings)
+        state.replica = ReplicaMonitor(*state.check_pools, state.read_pool, settings) if state.check_pools else None
         state.router = ReadRouter(state.replica, settings)
         state.counters = Counters()
         state.store = CacheStore(

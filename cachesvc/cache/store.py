@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from cachesvc.cache.batcher import ReadBatcher, Triple
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.models import CacheEntry, ContentTypeStats, LookupItem, PutEntry, StatsResponse
-from cachesvc.db import Bounded, DatabaseTimeout
+from cachesvc.db import Bounded, DatabaseTimeout, connection_lost
 from cachesvc.replica import format_lsn
 from cachesvc.routing import ReadRouter, Target
 from cachesvc.settings import Settings
@@ -181,14 +181,6 @@ def _entry(row: Sequence) -> tuple[tuple[int, dt.datetime], CacheEntry]:
         expires_at=expires,
     )
     return (id_, created_at), entry
-
-
-def connection_lost(exc: psycopg.OperationalError) -> bool:
-    """The attempt failed because its connection died (not a timeout or a lock wait)."""
-    if isinstance(exc, DatabaseTimeout | errors.QueryCanceled | errors.LockNotAvailable):
-        return False
-    state = exc.sqlstate or ""
-    return not state or state.startswith(("08", "57P"))
 
 
 class CacheStore:
