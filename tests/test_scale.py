@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -165,6 +166,20 @@ def test_the_standby_is_a_read_only_streaming_replica_of_the_primary(pair):
             attributes = primary.execute("SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = %s", (who,))
             assert attributes.fetchone() == (False, True)
         assert standby.execute("SELECT system_identifier FROM pg_control_system()").fetchone() == primary_id
+
+
+def test_the_replication_runbook_query_shows_the_standby(pair):
+    from cachesvc.migrations import PROJECT_ROOT
+
+    check = PROJECT_ROOT / "sql" / "checks" / "replication.sql"
+    result = subprocess.run(
+        ["psql", pair.url("cachesvc_monitor", direct=True), "-X", "-A", "-v", "ON_ERROR_STOP=1", "-f", str(check)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()[:2]
+    assert header.startswith("application_name|client_addr|usename|state")
+    assert "|cachesvc_replicator|streaming|async|" in row  # a monitor login sees every column
 
 
 # -- routing -------------------------------------------------------------------------------
