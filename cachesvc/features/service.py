@@ -16,10 +16,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.features import catalog as feature_catalog
 from cachesvc.features import warmup
+from cachesvc.features.catalog import FeatureTable
 from cachesvc.features.hotkeys import HotKeys
 from cachesvc.features.readiness import Readiness
-from cachesvc.features.reader import Features, FeatureReader
-from cachesvc.features.catalog import FeatureTable
+from cachesvc.features.reader import FeatureReader, Features
 from cachesvc.routing import ReadRouter, Target
 from cachesvc.settings import Settings
 
