@@ -135,10 +135,17 @@ class LiveService:
 
     def stop(self) -> int:
         import signal
+        import subprocess
 
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"service did not stop within 30 s of SIGTERM; its log ends:\n{tail}") from None
 
 
 @pytest.fixture(scope="session")
