@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from cachesvc.cache.batcher import ReadBatcher, Triple
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.models import CacheEntry, ContentTypeStats, LookupItem, PutEntry, StatsResponse
-from cachesvc.db import Bounded, DatabaseTimeout, connection_lost
+from cachesvc.db import Bounded, connection_lost
 from cachesvc.replica import format_lsn
 from cachesvc.routing import ReadRouter, Target
 from cachesvc.settings import Settings
