@@ -42,7 +42,6 @@ class PoolCollector:
         yield GaugeMetricFamily("cachesvc_counter_flush_lag_seconds", "seconds since hit counters were last flushed", value=lag)
         yield GaugeMetricFamily("cachesvc_counters_pending", "hit/stat counters not yet flushed", value=counters.pending if counters else 0)
 
-
     def _pools(self):
         pools = self.metrics.pools
         stats = {name: pool.get_stats() for name, pool in pools.items()}
