@@ -113,7 +113,12 @@ class LiveService:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cachesvc", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb")
         )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # a service that never became ready is not left running
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def wait_ready(self, timeout: float = 30) -> None:
         import time
