@@ -1,4 +1,8 @@
-"""The service's one connection pool: fixed size, checked on checkout, PgBouncer-safe."""
+"""The service's connection pools: fixed size, checked on checkout, PgBouncer-safe.
+
+One pool for the primary (``CACHESVC_DATABASE_URL``) and, when a read replica is configured,
+one for it (``CACHESVC_READ_DATABASE_URL``), made the same way.
+"""
 
 from __future__ import annotations
 
@@ -51,17 +55,88 @@ async def mark_used(conn: psycopg.AsyncConnection) -> None:
 
 
 def create_pool(settings: Settings) -> AsyncConnectionPool:
+    return _fixed_pool(settings.database_url, settings.pool_size, settings, "cachesvc")
+
+
+def create_check_pools(settings: Settings) -> tuple[AsyncConnectionPool, AsyncConnectionPool] | None:
+    """One connection to each server for the replica's lag checks, apart from the request
+    pools: a check must neither wait behind requests nor take a connection from them (a busy
+    replica pool is not a replica down). Open them with ``open(wait=False)``."""
+    if not settings.read_database_url:
+        return None
+    return (
+        _fixed_pool(settings.database_url, 1, settings, "cachesvc-check"),
+        _fixed_pool(settings.read_database_url, 1, settings, "cachesvc-read-check"),
+    )
+
+
+def create_read_pool(settings: Settings) -> AsyncConnectionPool | None:
+    """The read replica's pool (None without ``CACHESVC_READ_DATABASE_URL``).
+
+    Open it with ``open(wait=False)``: the service starts, and stays ready, while the replica
+    is down; reads go to the primary meanwhile (cachesvc.routing).
+    """
+    if not settings.read_database_url:
+        return None
+    return _fixed_pool(settings.read_database_url, settings.read_pool_size, settings, "cachesvc-read")
+
+
+def _fixed_pool(url: str, size: int, settings: Settings, name: str) -> AsyncConnectionPool:
     return AsyncConnectionPool(
-        settings.database_url,
-        min_size=settings.pool_size,
-        max_size=settings.pool_size,
+        url,
+        min_size=size,
+        max_size=size,
         kwargs=connection_kwargs(settings),
         timeout=settings.pool_timeout_s,
         check=check_if_idle,
         reset=mark_used,
-        name="cachesvc",
+        name=name,
         open=False,
     )
+
+
+class DatabaseTimeout(psycopg.OperationalError):
+    """The database did not answer within the time budget of the request (or attempt)."""
+
+
+def connection_lost(exc: psycopg.OperationalError) -> bool:
+    """The attempt failed because its connection died (not a timeout, a lock wait or a conflict)."""
+    if isinstance(exc, DatabaseTimeout | psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
+        return False
+    state = exc.sqlstate or ""
+    return not state or state.startswith(("08", "57P"))
+
+
+class Bounded:
+    """Awaits database work for at most a time budget.
+
+    Past it the caller gets ``DatabaseTimeout`` at once, while the work is cancelled in the
+    background (psycopg cancels the query or closes the connection; the pool replaces it).
+    """
+
+    def __init__(self) -> None:
+        self._background: set[asyncio.Task] = set()
+
+    async def __call__(self, coro, timeout: float):
+        task = asyncio.ensure_future(coro)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            self._abandon(task)
+            raise DatabaseTimeout(f"no answer from the database within {timeout}s") from None
+        except asyncio.CancelledError:
+            self._abandon(task)
+            raise
+
+    def _abandon(self, task: asyncio.Task) -> None:
+        task.cancel()
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so it is not reported as never retrieved
 
 
 async def open_pool(pool: AsyncConnectionPool, settings: Settings, first_delay: float = 0.5) -> None:

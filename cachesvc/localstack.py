@@ -1,5 +1,9 @@
 """The embedded local stack: a PostgreSQL cluster of our own plus PgBouncer in front of it.
 
+Optionally (``LocalStack.start_standby()``) a hot standby of that cluster, made with
+``pg_basebackup -R`` and kept current by streaming replication, with a PgBouncer of its own:
+the read replica of the Scaling section, for tests and benchmarks.
+
 One implementation shared by ``scripts/dev`` (a persistent cluster under ``$CACHESVC_HOME``),
 the test suite and the benchmarks (throwaway clusters on free ports). It only ever starts,
 and stops, servers it started itself: an occupied data directory or port is an error, never
@@ -42,6 +46,8 @@ LOGINS = {
     "cachesvc_monitor": "cache_monitor",
 }
 SUPERUSER = "cachesvc_admin"
+# The login a standby streams WAL with: REPLICATION, nothing else (no superuser, no data).
+REPLICATOR = "cachesvc_replicator"
 
 
 class StackError(RuntimeError):
@@ -290,6 +296,67 @@ class LocalPgBouncer:
         self.start()
 
 
+def base_backup(primary: LocalPostgres, datadir: Path, user: str, password: str) -> None:
+    """``pg_basebackup -R`` of ``primary`` into ``datadir``: a standby's data directory.
+
+    ``-R`` writes ``standby.signal`` and ``primary_conninfo``; ``-X stream`` streams the WAL
+    written during the copy, so the copy is consistent on its own.
+    """
+    owner = _run_as()
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    _give(datadir.parent, owner)
+    result = subprocess.run(
+        [
+            str(find_pg_bindir() / "pg_basebackup"), "-D", str(datadir), "-R", "-X", "stream",
+            "--checkpoint=fast", "-h", "127.0.0.1", "-p", str(primary.port), "-U", user, "--no-password",
+        ],
+        capture_output=True, text=True, env=os.environ | {"PGPASSWORD": password},
+        user=owner.pw_uid if owner else None,
+        group=owner.pw_gid if owner else None,
+        extra_groups=[] if owner else None,
+    )
+    if result.returncode != 0:
+        raise StackError(f"pg_basebackup failed:\n{result.stdout}{result.stderr}")
+
+
+@dataclass
+class LocalStandby:
+    """A hot standby of a LocalPostgres (its own data directory and port) and its PgBouncer."""
+
+    postgres: LocalPostgres
+    bouncer: LocalPgBouncer
+
+    def start(self) -> None:
+        self.postgres.start()
+        self.bouncer.start()
+
+    def stop(self) -> None:
+        self.bouncer.stop()
+        self.postgres.stop()
+
+    def replay_lsn(self) -> int:
+        with psycopg.connect(self.postgres.url(), autocommit=True) as conn:
+            return conn.execute("SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn").fetchone()[0]
+
+    def wait_replayed(self, primary: LocalPostgres, timeout: float = 30) -> None:
+        """Wait until the standby has replayed every transaction the primary has committed so far.
+
+        A throwaway primary runs with synchronous_commit off, so a commit may still sit in the
+        WAL buffers: a synchronous commit of a transaction that wrote WAL (a temporary table,
+        gone at its commit) first writes out everything before it.
+        """
+        with psycopg.connect(primary.url(), autocommit=True) as conn:
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = on")
+                conn.execute("CREATE TEMPORARY TABLE wal_flush () ON COMMIT DROP")
+            target = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
+        deadline = time.monotonic() + timeout
+        while self.replay_lsn() < target:
+            if time.monotonic() > deadline:
+                raise StackError(f"standby has not replayed the primary's WAL after {timeout}s")
+            time.sleep(0.02)
+
+
 @dataclass
 class LocalStack:
     """PostgreSQL + migrations + login users + PgBouncer, described by ``env()``."""
@@ -301,6 +368,8 @@ class LocalStack:
     pg_conf: dict[str, str] = field(default_factory=dict)
     postgres: LocalPostgres | None = None
     bouncer: LocalPgBouncer | None = None
+    standby: LocalStandby | None = None
+    standby_ports: tuple[int, int] | None = None  # (PostgreSQL, PgBouncer) of the standby
 
     @classmethod
     def throwaway(cls, home: Path, **pg_conf: str) -> LocalStack:
@@ -321,18 +390,29 @@ class LocalStack:
             secrets_file.write_text(json.dumps(passwords, indent=2))
         return cls(home, pg_port, bouncer_port, passwords)
 
-    def url(self, user: str, *, direct: bool = False, dbname: str = DATABASE) -> str:
-        port = self.pg_port if direct or user == SUPERUSER else self.bouncer_port
+    def url(self, user: str, *, direct: bool = False, dbname: str = DATABASE, standby: bool = False) -> str:
+        """A DSN of ``user``: through PgBouncer, or ``direct`` (the superuser always is);
+        of the primary, or of the ``standby``."""
+        if standby:
+            if self.standby_ports is None:
+                raise StackError("this stack has no standby; call start_standby() first")
+            pg_port, bouncer_port = self.standby_ports
+        else:
+            pg_port, bouncer_port = self.pg_port, self.bouncer_port
+        port = pg_port if direct or user == SUPERUSER else bouncer_port
         return f"postgresql://{user}:{self.passwords[user]}@127.0.0.1:{port}/{dbname}"
 
     def env(self) -> dict[str, str]:
-        """The CACHESVC_* variables that point every tool at this stack."""
-        return {
+        """The CACHESVC_* variables that point every tool at this stack (and its standby)."""
+        env = {
             "CACHESVC_DATABASE_URL": self.url("cachesvc_app"),
             "CACHESVC_ADMIN_DATABASE_URL": self.url(SUPERUSER),
             "CACHESVC_MONITOR_DATABASE_URL": self.url("cachesvc_monitor"),
             "CACHESVC_PGBOUNCER_ADMIN_USERS": "cachesvc_monitor",
         }
+        if self.standby_ports is not None:
+            env["CACHESVC_READ_DATABASE_URL"] = self.url("cachesvc_app", standby=True)
+        return env
 
     def settings(self, **overrides) -> Settings:
         return Settings.from_env(self.env() | {f"CACHESVC_{k.upper()}": str(v) for k, v in overrides.items()})
@@ -360,12 +440,44 @@ class LocalStack:
         log(f"starting PgBouncer on 127.0.0.1:{self.bouncer_port} (transaction mode)")
         self.bouncer.start()
 
+    def start_standby(self, *, log=lambda msg: None) -> LocalStandby:
+        """A hot standby of the running primary, on free ports, and a PgBouncer in front of it.
+
+        Opt-in (only the tests and benchmarks of read replicas pay for it). The standby streams
+        as a REPLICATION-only login over TCP with SCRAM (initdb's pg_hba already has the
+        ``host replication`` lines); it has the primary's roles, policies and data, read-only.
+        Its PgBouncer is rendered by the same code as the primary's, from the read DSN.
+        """
+        if self.postgres is None:
+            raise StackError("start the primary first")
+        password = self.passwords.setdefault(REPLICATOR, secrets.token_urlsafe(18))
+        with psycopg.connect(self.postgres.url(), autocommit=True) as conn:
+            roles.create_replication_login(conn, REPLICATOR, password)
+        self.standby_ports = (free_port(), free_port())
+        base = self.home / "standby"
+        postgres = LocalPostgres(base, self.standby_ports[0], self.passwords[SUPERUSER], self.pg_conf | {"hot_standby": "on"})
+        log(f"copying the primary into a standby ({postgres.datadir})")
+        base_backup(self.postgres, postgres.datadir, REPLICATOR, password)
+        directory = base / "pgbouncer"
+        standby_settings = self.settings(
+            database_url=self.url("cachesvc_app", standby=True),
+            admin_database_url=self.url(SUPERUSER, standby=True),
+            monitor_database_url=self.url("cachesvc_monitor", standby=True),
+        )
+        pgbouncer.write(pgbouncer.config_from_settings(standby_settings, directory))
+        self.standby = LocalStandby(postgres, LocalPgBouncer(directory, self.standby_ports[1]))
+        log(f"starting the standby on 127.0.0.1:{self.standby_ports[0]}, its PgBouncer on {self.standby_ports[1]}")
+        self.standby.start()
+        return self.standby
+
     def migrate(self, revision: str = "head", dbname: str = DATABASE) -> None:
         from cachesvc import migrations
 
         migrations.upgrade(self.url(SUPERUSER, dbname=dbname), revision)
 
     def stop(self) -> None:
+        if self.standby:
+            self.standby.stop()
         if self.bouncer:
             self.bouncer.stop()
         if self.postgres:

@@ -55,3 +55,17 @@ def create_login(conn: psycopg.Connection, name: str, group: str, password: str 
     for key, value in LOGIN_SETTINGS[group].items():
         conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(ident, sql.Identifier(key), sql.Literal(value)))
     return not exists
+
+
+def create_replication_login(conn: psycopg.Connection, name: str, password: str) -> bool:
+    """Create (or update) a login that may stream WAL to a standby and do nothing else.
+
+    REPLICATION lets it connect to the ``replication`` pseudo-database (``pg_basebackup``,
+    ``primary_conninfo``); it is a member of no group, so it reads and writes no table.
+    """
+    ident = sql.Identifier(name)
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+    verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
+    attrs = sql.SQL("LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
+    conn.execute(sql.SQL("{} {} {} PASSWORD {}").format(verb, ident, attrs, sql.Literal(password)))
+    return not exists

@@ -54,6 +54,25 @@ class Settings:
     )
 
     pool_size: int = _setting(10, help="fixed size of the service's connection pool")
+
+    # -- read replica (cachesvc.replica, cachesvc.routing; README "Scaling") --
+    read_database_url: str = _setting(
+        "", secret=True,
+        help="optional DSN of a hot standby of the primary, through its own PgBouncer: feature lookups and cache reads go there",
+    )
+    read_pool_size: int = _setting(10, help="fixed size of the read replica's connection pool")
+    read_your_writes_s: float = _setting(
+        2.0, help="after a user's write through this process, their reads go to the primary for this long (>= CACHESVC_REPLICA_MAX_LAG_S)"
+    )
+    replica_max_lag_s: float = _setting(
+        1.0, help="a replica that may be further behind the primary than this is skipped (reads go to the primary)"
+    )
+    replica_check_interval_s: float = _setting(
+        0.25, help="how often the replica's replay position is compared with the primary's (<= half CACHESVC_REPLICA_MAX_LAG_S)"
+    )
+    replica_timeout_s: float = _setting(
+        1.0, help="longest a read waits on the replica (connection included) before it is run on the primary"
+    )
     read_lanes: int = _setting(
         2, help="concurrent coalesced read transactions; reads queued meanwhile share one (0: one per request)"
     )
@@ -160,10 +179,23 @@ class Settings:
             raise SettingsError(f"{PREFIX}FEATURES_PREWARM_FRACTION must be between 0 and 1")
         if min(self.features_warmup_hot_keys, self.features_warmup_lookups) < 0 or self.features_ready_latency_ms < 0:
             raise SettingsError(f"{PREFIX}FEATURES_WARMUP_* and {PREFIX}FEATURES_READY_LATENCY_MS must not be negative")
-        for name in ("database_url", "admin_database_url"):
+        for name in ("database_url", "admin_database_url") + (("read_database_url",) if self.read_database_url else ()):
             scheme = urlsplit(getattr(self, name)).scheme
             if scheme not in ("postgresql", "postgres"):
                 raise SettingsError(f"{PREFIX}{name.upper()} must be a postgresql:// URL")
+        self._validate_replica()
+
+    def _validate_replica(self) -> None:
+        if self.read_pool_size < 1:
+            raise SettingsError(f"{PREFIX}READ_POOL_SIZE must be at least 1")
+        if min(self.replica_check_interval_s, self.replica_timeout_s) <= 0:
+            raise SettingsError(f"{PREFIX}REPLICA_CHECK_INTERVAL_S and {PREFIX}REPLICA_TIMEOUT_S must be positive")
+        # Between two checks a caught-up replica's bound ages by an interval (and a check's time).
+        if self.replica_max_lag_s < 2 * self.replica_check_interval_s:
+            raise SettingsError(f"{PREFIX}REPLICA_MAX_LAG_S must be at least twice {PREFIX}REPLICA_CHECK_INTERVAL_S")
+        # Past the window, a replica within the lag bound holds the write: that is the guarantee.
+        if self.read_your_writes_s < self.replica_max_lag_s:
+            raise SettingsError(f"{PREFIX}READ_YOUR_WRITES_S must be at least {PREFIX}REPLICA_MAX_LAG_S")
 
     def describe(self) -> dict[str, str]:
         """Every setting with secrets masked, for logs and ``cachesvc settings``."""

@@ -113,7 +113,12 @@ class LiveService:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cachesvc", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb")
         )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # a service that never became ready is not left running
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def wait_ready(self, timeout: float = 30) -> None:
         import time
@@ -135,10 +140,17 @@ class LiveService:
 
     def stop(self) -> int:
         import signal
+        import subprocess
 
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"service did not stop within 30 s of SIGTERM; its log ends:\n{tail}") from None
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The Starlette application: routes, lifecycle (pool, counters flusher), health."""
+"""The Starlette application: routes, lifecycle (pools, replica monitor, counters flusher), health."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from cachesvc.ratelimit import RateLimiter
 from cachesvc.features.catalog import CatalogError
 from cachesvc.logs import AccessLog
 from cachesvc.features.service import FeatureService
+from cachesvc.replica import ReplicaMonitor
+from cachesvc.routing import ReadRouter
 from cachesvc.settings import Settings
 
 log = logging.getLogger("cachesvc.api")
@@ -87,10 +89,27 @@ async def readyz(request: Request) -> Response:
     state.metrics.ready.set(1 if ready else 0)
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks, "expectedRevision": state.expected_revision,
-         "features": features},
+         "features": features, "replica": replica_status(state), "pools": pool_status(state)},
         status_code=200 if ready else 503,
         headers=None if ready else {"Retry-After": "2"},
     )
+
+
+def replica_status(state) -> dict:
+    """Reported, never a reason to be unready: reads fall back to the primary."""
+    if state.replica is None:
+        return {"configured": False}
+    return state.replica.status() | {"featuresWarm": state.features.replica_warm()}
+
+
+def pool_status(state) -> dict:
+    pools = {"primary": state.pool, "replica": state.read_pool}
+    return {
+        name: {"size": stats.get("pool_size", 0), "available": stats.get("pool_available", 0),
+               "waiting": stats.get("requests_waiting", 0), "max": pool.max_size}
+        for name, pool in pools.items() if pool is not None
+        for stats in [pool.get_stats()]
+    }
 
 
 async def openapi_document(request: Request) -> Response:
@@ -123,6 +142,27 @@ ROUTES = [
 ]
 
 
+async def start_replica(state) -> asyncio.Task | None:
+    """Open the replica's pool without waiting for it (the service starts while it is down),
+    check it once so that reads may go there from the first request, then keep checking."""
+    if state.replica is None:
+        return None
+    for pool in (state.read_pool, *state.check_pools):
+        await pool.open(wait=False)
+    await state.replica.check()
+    return asyncio.create_task(state.replica.run(), name="replica-monitor")
+
+
+async def stop_replica(state, monitor: asyncio.Task | None) -> None:
+    if monitor is None:
+        return
+    monitor.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await monitor
+    for pool in (state.read_pool, *state.check_pools):
+        await pool.close()
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
 
@@ -137,26 +177,34 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         state.tokens = auth.VerifiedTokens(settings.jwt_secret, settings.jwt_audience)
         state.pool = db.create_pool(settings)
+        state.read_pool = db.create_read_pool(settings)
+        state.check_pools = db.create_check_pools(settings)
+        state.replica = ReplicaMonitor(*state.check_pools, state.read_pool, settings) if state.check_pools else None
+        state.router = ReadRouter(state.replica, settings)
         state.counters = Counters()
-        state.metrics.pool, state.metrics.counters = state.pool, state.counters
         state.store = CacheStore(
-            state.pool, settings, state.counters, on_retry=lambda: state.metrics.retries.labels("cache").inc()
+            state.pool, settings, state.counters, on_retry=lambda: state.metrics.retries.labels("cache").inc(),
+            read_pool=state.read_pool, router=state.router,
         )
-        state.metrics.batcher = state.store.batcher
+        state.metrics.watch(state.pool, state.read_pool, state.counters, state.store.batchers.values(), state.router)
         await db.open_pool(state.pool, settings)
+        monitor = await start_replica(state)
         try:
-            state.features = state.metrics.features = await FeatureService.open(state.pool, settings)
+            state.features = state.metrics.features = await FeatureService.open(
+                state.pool, settings, state.router, state.read_pool
+            )
         except CatalogError as exc:
             log.error("refusing to start: %s", exc)
+            await stop_replica(state, monitor)
             await state.pool.close()
             raise
         flusher = asyncio.create_task(state.counters.run(state.pool, settings.flush_interval_s, state.metrics))
-        log.info("ready to serve", extra={"fields": {"pool": settings.pool_size}})
+        log.info("ready to serve", extra={"fields": {"pool": settings.pool_size, "replica": state.replica is not None}})
         try:
             yield
         finally:
             # The server has stopped accepting and let in-flight requests finish; what is
-            # left: feature state, the last counters, then the pool.
+            # left: feature state, the last counters (to the primary), then the pools.
             await state.features.close()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -166,6 +214,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 log.info("final counter flush", extra={"fields": {"keys": flushed}})
             except Exception as exc:
                 log.error("final counter flush failed; %d counters lost: %s", state.counters.pending, exc)
+            await stop_replica(state, monitor)
             await state.pool.close()
             if state.access_log is not None:
                 state.access_log.flush()

@@ -1,4 +1,8 @@
-"""The cache endpoints: route -> identity -> validation -> store -> JSON."""
+"""The cache endpoints: route -> identity -> validation -> store -> JSON.
+
+Writes answer with ``X-Consistency-Token`` (the primary's WAL position after the write); a
+read that sends one back is answered by a read replica only once it has replayed that far.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,12 @@ from cachesvc.api.identity import acting_user
 from cachesvc.cache import models
 from cachesvc.cache.store import Actor, CacheStore
 from cachesvc.ratelimit import retry_after
+from cachesvc.replica import parse_lsn
 from cachesvc.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
+
+CONSISTENCY_HEADER = "x-consistency-token"
 
 
 def json_response(obj, status: int = 200) -> Response:
@@ -35,6 +42,22 @@ def _actor(request: Request, settings: Settings) -> Actor:
         raise ApiError(429, "rate_limited", "too many requests for this user; slow down",
                        headers={"Retry-After": retry_after(wait)})
     return actor
+
+
+def _after_lsn(request: Request) -> int | None:
+    """The consistency token a read carries, if any (a WAL position such as ``0/1A2B3C8``)."""
+    token = request.headers.get(CONSISTENCY_HEADER)
+    if token is None:
+        return None
+    try:
+        return parse_lsn(token)
+    except ValueError:
+        raise validation_error("X-Consistency-Token must be a token a write returned", "X-Consistency-Token") from None
+
+
+def _with_token(response: Response, token: str) -> Response:
+    response.headers[CONSISTENCY_HEADER] = token
+    return response
 
 
 def _path_params(request: Request) -> tuple[str, str]:
@@ -79,7 +102,7 @@ async def get_entry(request: Request) -> Response:
     store, settings = _context(request)
     actor = _actor(request, settings)
     content_type, key = _path_params(request)
-    entry = await store.get(actor.user_id, content_type, key)
+    entry = await store.get(actor.user_id, content_type, key, after_lsn=_after_lsn(request))
     request.app.state.metrics.lookup(content_type, entry is not None)
     if entry is None:
         raise ApiError(404, "cache_miss", f"no live entry for {content_type}/{key}")
@@ -96,17 +119,18 @@ async def put_entry(request: Request) -> Response:
     ttl = settings.default_ttl_s if body.ttl_seconds is None else body.ttl_seconds
     if ttl > settings.max_ttl_s:
         raise validation_error(f"ttlSeconds must be at most {settings.max_ttl_s}", "ttlSeconds")
-    entry, replaced = await store.put(actor, content_type, key, body, ttl)
-    return json_response(entry, 200 if replaced else 201)
+    entry, replaced, token = await store.put(actor, content_type, key, body, ttl)
+    return _with_token(json_response(entry, 200 if replaced else 201), token)
 
 
 async def delete_entry(request: Request) -> Response:
     store, settings = _context(request)
     actor = _actor(request, settings)
     content_type, key = _path_params(request)
-    if not await store.delete(actor, content_type, key):
+    deleted, token = await store.delete(actor, content_type, key)
+    if not deleted:
         raise ApiError(404, "cache_miss", f"no live entry for {content_type}/{key}")
-    return Response(status_code=204)
+    return _with_token(Response(status_code=204), token)
 
 
 async def lookup(request: Request) -> Response:
@@ -116,7 +140,7 @@ async def lookup(request: Request) -> Response:
     for index, item in enumerate(body.items):
         if not models.is_valid_key(item.key):
             raise validation_error(f"key must be 1-{models.MAX_KEY_LENGTH} printable characters", f"items[{index}].key")
-    entries = await store.lookup(actor.user_id, body.items)
+    entries = await store.lookup(actor.user_id, body.items, after_lsn=_after_lsn(request))
     for item, entry in zip(body.items, entries):
         request.app.state.metrics.lookup(item.content_type, entry is not None)
     results = [
@@ -129,7 +153,8 @@ async def lookup(request: Request) -> Response:
 async def erase(request: Request) -> Response:
     store, settings = _context(request)
     actor = _actor(request, settings)
-    return json_response(models.EraseResponse(deleted=await store.erase(actor)))
+    deleted, token = await store.erase(actor)
+    return _with_token(json_response(models.EraseResponse(deleted=deleted)), token)
 
 
 async def stats(request: Request) -> Response:

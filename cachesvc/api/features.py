@@ -55,7 +55,7 @@ async def get_features(request: Request) -> Response:
     if not models.is_valid_key(key):
         raise validation_error(f"entityKey must be 1-{models.MAX_KEY_LENGTH} printable characters", "entityKey")
     tables = _tables(features, _tables_param(request))
-    (found,) = await features.reader.lookup([key], tables)
+    (found,) = await features.lookup([key], tables)
     features.hot_keys.record([key])
     return json_response(models.FeatureVector(entity_key=key, features=found))
 
@@ -70,7 +70,7 @@ async def lookup(request: Request) -> Response:
                 f"entityKeys must be 1-{models.MAX_KEY_LENGTH} printable characters", f"entityKeys[{index}]"
             )
     tables = _tables(features, body.tables)
-    found = await features.reader.lookup(body.entity_keys, tables)
+    found = await features.lookup(body.entity_keys, tables)
     features.hot_keys.record(body.entity_keys)
     results = [models.FeatureVector(entity_key=k, features=f) for k, f in zip(body.entity_keys, found)]
     return json_response(models.FeatureLookupResponse(results=results))

@@ -46,6 +46,18 @@ USER_HEADER = {
     "description": "The user a service_role token acts for (required with one); a user token may only name itself.",
 }
 MISS = {"404": _json("ErrorBody", "cache_miss: no live entry (expired entries are misses)")}
+CONSISTENCY_PARAM = {
+    "name": "X-Consistency-Token", "in": "header", "required": False, "schema": {"type": "string"},
+    "description": "A token a write returned: the read then sees that write, whichever service instance made it.",
+}
+CONSISTENCY_HEADERS = {"X-Consistency-Token": {
+    "description": "Send it back with reads that must see this write (from any service instance).",
+    "schema": {"type": "string"},
+}}
+
+
+def _written(response: dict) -> dict:
+    return response | {"headers": CONSISTENCY_HEADERS}
 
 
 FEATURE_ERRORS = {
@@ -96,26 +108,28 @@ def document() -> dict:
             "parameters": [*ENTRY_PARAMS, USER_HEADER],
             "get": {
                 "operationId": "getEntry", "summary": "Read the live entry",
+                "parameters": [CONSISTENCY_PARAM],
                 "responses": {"200": _json("CacheEntry", "the entry"), **MISS, **_common()},
             },
             "put": {
                 "operationId": "putEntry", "summary": "Store an entry, replacing the live one",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name="PutEntry")}}}},
                 "responses": {
-                    "200": _json("CacheEntry", "replaced the live entry"),
-                    "201": _json("CacheEntry", "stored a new entry"),
+                    "200": _written(_json("CacheEntry", "replaced the live entry")),
+                    "201": _written(_json("CacheEntry", "stored a new entry")),
                     **_common("413"),
                 },
             },
             "delete": {
                 "operationId": "deleteEntry", "summary": "Delete the entry",
-                "responses": {"204": {"description": "deleted"}, **MISS, **_common()},
+                "responses": {"204": _written({"description": "deleted"}), **MISS, **_common()},
             },
         },
         "/v1/cache/lookup": {
             "parameters": [USER_HEADER],
             "post": {
                 "operationId": "lookupEntries", "summary": "Look up to 100 entries in one round trip",
+                "parameters": [CONSISTENCY_PARAM],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name="LookupRequest")}}}},
                 "responses": {"200": _json("LookupResponse", "results in request order"), **_common("413")},
             },
@@ -124,7 +138,7 @@ def document() -> dict:
             "parameters": [USER_HEADER],
             "delete": {
                 "operationId": "eraseUser", "summary": "Erase every entry and statistic of the user (right to erasure)",
-                "responses": {"200": _json("EraseResponse", "how many entries were deleted"), **_common()},
+                "responses": {"200": _written(_json("EraseResponse", "how many entries were deleted")), **_common()},
             },
         },
         "/v1/cache/stats": {

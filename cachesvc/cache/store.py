@@ -6,12 +6,18 @@ in transaction mode the user setting lives and dies with the transaction. Reads 
 batcher (batcher.py), which lets concurrent reads of several users share one transaction.
 Row-level security is the wall; the explicit ``user_id = …`` in every statement is the second
 one (and lets the planner use the lookup index directly).
+
+With a read replica (cachesvc.routing), each read is routed to the replica or the primary
+before it joins a batch, and each target has a batcher of its own; a batch on the replica
+that fails is run again on the primary. Writes always go to the primary, and each returns the
+primary's WAL position after its COMMIT: the consistency token a client may send back with a
+read (a replica serves it only once it has replayed that far).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +31,9 @@ from psycopg_pool import AsyncConnectionPool
 from cachesvc.cache.batcher import ReadBatcher, Triple
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.models import CacheEntry, ContentTypeStats, LookupItem, PutEntry, StatsResponse
+from cachesvc.db import Bounded, connection_lost
+from cachesvc.replica import format_lsn
+from cachesvc.routing import ReadRouter, Target
 from cachesvc.settings import Settings
 
 SET_CONTEXT = (
@@ -133,6 +142,11 @@ WITH deleted AS (
 SELECT entries FROM counted
 """
 
+# Sent after a write's COMMIT, in the same query string: a WAL position at or past the end of
+# its commit record (the insert position: with synchronous_commit off the record may not be
+# written yet, and the write position could still be short of it).
+WAL_POSITION = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+
 STATS = """
 SELECT content_type, sum(hits)::bigint, sum(misses)::bigint, sum(tokens_saved)::bigint, sum(cost_saved_usd)::float8
   FROM cache_access_stats
@@ -169,68 +183,59 @@ def _entry(row: Sequence) -> tuple[tuple[int, dt.datetime], CacheEntry]:
     return (id_, created_at), entry
 
 
-class DatabaseTimeout(psycopg.OperationalError):
-    """The database did not answer within the request's time budget."""
-
-
-def connection_lost(exc: psycopg.OperationalError) -> bool:
-    """The attempt failed because its connection died (not a timeout or a lock wait)."""
-    if isinstance(exc, DatabaseTimeout | errors.QueryCanceled | errors.LockNotAvailable):
-        return False
-    state = exc.sqlstate or ""
-    return not state or state.startswith(("08", "57P"))
-
-
 class CacheStore:
     def __init__(
-        self, pool: AsyncConnectionPool, settings: Settings, counters: Counters, on_retry=lambda: None
+        self,
+        pool: AsyncConnectionPool,
+        settings: Settings,
+        counters: Counters,
+        on_retry=lambda: None,
+        *,
+        read_pool: AsyncConnectionPool | None = None,
+        router: ReadRouter | None = None,
     ) -> None:
         self.pool = pool
+        self.pools = {Target.PRIMARY: pool, Target.REPLICA: read_pool}
+        self.router = router or ReadRouter(None, settings)
         self.settings = settings
         self.counters = counters
         self.on_retry = on_retry
-        self._background: set[asyncio.Task] = set()
-        self.batcher = ReadBatcher(self._read_batch, settings.read_lanes) if settings.read_lanes > 0 else None
+        self._bounded = Bounded()
+        self.batchers = (
+            {t: ReadBatcher(functools.partial(self._read_batch, t), settings.read_lanes) for t in Target}
+            if settings.read_lanes > 0 else {}
+        )
         self._timeouts = (str(settings.statement_timeout_ms), str(settings.idle_in_transaction_timeout_ms))
 
     async def _transaction(
         self, user_id: uuid.UUID | None, statements: list[tuple[str, object]], *, retry: bool = True,
-        readers: Sequence[uuid.UUID] = (),
+        readers: Sequence[uuid.UUID] = (), target: Target = Target.PRIMARY, then: str | None = None,
     ) -> list[list[tuple]]:
         """Run ``statements`` in one transaction acting as ``user_id``, in one round trip.
 
-        Bounded: after ``request_timeout_s`` the caller gets ``DatabaseTimeout`` at once,
-        while the attempt is cancelled in the background (psycopg cancels the query or
-        closes the connection; the pool replaces it). With ``retry``, an attempt that lost
-        its connection (server restarted, backend terminated) is made once more: only for
-        reads and for writes that are idempotent.
+        On the primary, bounded: after ``request_timeout_s`` the caller gets
+        ``DatabaseTimeout`` at once, while the attempt is cancelled in the background. With
+        ``retry``, an attempt that lost its connection (server restarted, backend terminated)
+        is made once more: only for reads and for writes that are idempotent. On the replica,
+        neither: the router bounds the attempt and falls back to the primary. ``then`` is a
+        statement sent after COMMIT (its rows come last).
         """
+        if target is Target.REPLICA:
+            return await self._once(user_id, statements, readers, target, then)
         attempts = 2 if retry else 1
         for attempt in range(1, attempts + 1):
             try:
-                return await self._bounded(self._once(user_id, statements, readers))
+                return await self._bounded(
+                    self._once(user_id, statements, readers, target, then), self.settings.request_timeout_s
+                )
             except psycopg.OperationalError as exc:
                 if attempt == attempts or not connection_lost(exc):
                     raise
                 self.on_retry()
 
-    async def _bounded(self, coro):
-        task = asyncio.ensure_future(coro)
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_s)
-        except TimeoutError:
-            task.cancel()
-            self._background.add(task)
-            task.add_done_callback(self._finished)
-            raise DatabaseTimeout(f"no answer from the database within {self.settings.request_timeout_s}s") from None
-
-    def _finished(self, task: asyncio.Task) -> None:
-        self._background.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved, so it is not reported as never retrieved
-
     async def _once(
-        self, user_id: uuid.UUID | None, statements: list[tuple[str, object]], readers: Sequence[uuid.UUID] = ()
+        self, user_id: uuid.UUID | None, statements: list[tuple[str, object]], readers: Sequence[uuid.UUID] = (),
+        target: Target = Target.PRIMARY, then: str | None = None,
     ) -> list[list[tuple]]:
         """One simple-protocol query string: BEGIN; context; statements; COMMIT.
 
@@ -239,7 +244,7 @@ class CacheStore:
         of the same four statements sent as an extended-protocol pipeline (90 vs 185 us).
         Returns the rows of each statement.
         """
-        async with self.pool.connection() as conn:
+        async with self.pools[target].connection() as conn:
             cur = AsyncClientCursor(conn)
             if readers:
                 context = cur.mogrify(SET_READERS, (",".join(sorted({str(u) for u in readers})), *self._timeouts))
@@ -248,11 +253,17 @@ class CacheStore:
             parts = ["BEGIN", context]
             parts += [cur.mogrify(sql, params) if params is not None else sql for sql, params in statements]
             parts.append("COMMIT")
+            if then is not None:
+                parts.append(then)
             try:
                 await cur.execute(";\n".join(parts))
                 results = []
                 cur.nextset()  # past BEGIN
                 for _ in statements:
+                    cur.nextset()
+                    results.append(await cur.fetchall())
+                if then is not None:
+                    cur.nextset()  # past COMMIT
                     cur.nextset()
                     results.append(await cur.fetchall())
             except BaseException:
@@ -263,34 +274,44 @@ class CacheStore:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def get(self, user_id: uuid.UUID, content_type: str, key: str) -> CacheEntry | None:
-        if self.batcher is not None:
-            (row,) = await self.batcher.fetch([(user_id, content_type, key)])
+    async def get(
+        self, user_id: uuid.UUID, content_type: str, key: str, *, after_lsn: int | None = None
+    ) -> CacheEntry | None:
+        """The live entry; ``after_lsn`` (a consistency token) keeps it off a replica not yet there."""
+        target = self.router.choose((user_id,), after_lsn)
+        if self.batchers:
+            (row,) = await self.batchers[target].fetch([(user_id, content_type, key)])
         else:
-            (rows,) = await self._transaction(user_id, [(GET, (user_id, content_type, key))])
+            (rows,) = await self._read(target, user_id, GET, (user_id, content_type, key))
             row = rows[0] if rows else None
         if row is None:
             self.counters.miss(user_id, content_type)
             return None
         return self._count_hit(user_id, row)
 
-    async def _read_batch(self, triples: list[Triple]) -> list[tuple | None]:
+    async def _read_batch(self, target: Target, triples: list[Triple]) -> list[tuple | None]:
         """One transaction for the triples of several requests (see batcher.py)."""
         users = [t[0] for t in triples]
-        (rows,) = await self._transaction(
-            None,
-            [(BATCH_GET, (users, [t[1] for t in triples], [t[2] for t in triples]))],
-            readers=users,
+        statement = (BATCH_GET, (users, [t[1] for t in triples], [t[2] for t in triples]))
+        (rows,) = await self.router.run(
+            target, lambda on: self._transaction(None, [statement], readers=users, target=on)
         )
         found = {row[0]: row[1:] for row in rows}
         return [found.get(ordinal) for ordinal in range(1, len(triples) + 1)]
 
-    async def lookup(self, user_id: uuid.UUID, items: list[LookupItem]) -> list[CacheEntry | None]:
-        if self.batcher is not None:
-            rows = await self.batcher.fetch([(user_id, i.content_type, i.key) for i in items])
+    async def _read(self, target: Target, user_id: uuid.UUID, sql: str, params: tuple) -> list[list[tuple]]:
+        """One uncoalesced read (read_lanes = 0), on ``target`` with fallback to the primary."""
+        return await self.router.run(target, lambda on: self._transaction(user_id, [(sql, params)], target=on))
+
+    async def lookup(
+        self, user_id: uuid.UUID, items: list[LookupItem], *, after_lsn: int | None = None
+    ) -> list[CacheEntry | None]:
+        target = self.router.choose((user_id,), after_lsn)
+        if self.batchers:
+            rows = await self.batchers[target].fetch([(user_id, i.content_type, i.key) for i in items])
         else:
-            (found,) = await self._transaction(
-                user_id, [(LOOKUP, ([i.content_type for i in items], [i.key for i in items], user_id))]
+            (found,) = await self._read(
+                target, user_id, LOOKUP, ([i.content_type for i in items], [i.key for i in items], user_id)
             )
             by_ordinal = {row[0]: row[1:] for row in found}
             rows = [by_ordinal.get(n) for n in range(1, len(items) + 1)]
@@ -333,8 +354,10 @@ class CacheStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    async def put(self, actor: Actor, content_type: str, key: str, body: PutEntry, ttl_seconds: int) -> tuple[CacheEntry, bool]:
-        """Store an entry, replacing any older one; returns (entry, replaced a live entry).
+    async def put(
+        self, actor: Actor, content_type: str, key: str, body: PutEntry, ttl_seconds: int
+    ) -> tuple[CacheEntry, bool, str]:
+        """Store an entry, replacing any older one; returns (entry, replaced a live entry, token).
 
         Idempotent by key (the same PUT twice leaves the same single live entry), which is
         what makes retrying it safe. A month with no partition yet is created through
@@ -358,31 +381,47 @@ class CacheStore:
         # a retry after a lost COMMIT would answer 404 / 0 for work that was done.
         statements = [(LOCK_KEY, (str(actor.user_id), content_type, key)), (PUT, params)]
         try:
-            results = await self._transaction(actor.user_id, statements)
+            results = await self._write(actor.user_id, statements)
         except errors.CheckViolation as exc:
             if "no partition of relation" not in str(exc):
                 raise
             await self.ensure_partitions(actor.user_id)
-            results = await self._transaction(actor.user_id, statements)
+            results = await self._write(actor.user_id, statements)
         row = results[1][0]
         _, entry = _entry(row)
-        return entry, bool(row[12])
+        return entry, bool(row[12]), _token(results)
 
     async def ensure_partitions(self, user_id: uuid.UUID) -> None:
         await self._transaction(user_id, [("SELECT ensure_monthly_partitions(now())", None)])
 
-    async def delete(self, actor: Actor, content_type: str, key: str) -> bool:
+    async def delete(self, actor: Actor, content_type: str, key: str) -> tuple[bool, str]:
+        """Delete the entry; returns (a live entry was deleted, token)."""
         params = {"user": actor.user_id, "ct": content_type, "key": key, "actor": actor.label, "request_id": actor.request_id}
-        results = await self._transaction(
+        results = await self._write(
             actor.user_id, [(LOCK_KEY, (str(actor.user_id), content_type, key)), (DELETE, params)], retry=False
         )
-        return bool(results[1][0][0])
+        return bool(results[1][0][0]), _token(results)
 
-    async def erase(self, actor: Actor) -> int:
+    async def erase(self, actor: Actor) -> tuple[int, str]:
+        """Erase the user's entries and statistics; returns (entries deleted, token)."""
         params = {"user": actor.user_id, "actor": actor.label, "request_id": actor.request_id}
-        (rows,) = await self._transaction(actor.user_id, [(ERASE, params)], retry=False)
+        results = await self._write(actor.user_id, [(ERASE, params)], retry=False)
         self.counters.forget(actor.user_id)  # nothing of theirs may come back with a flush
-        return rows[0][0]
+        return results[0][0][0], _token(results)
+
+    async def _write(self, user_id: uuid.UUID, statements: list[tuple[str, object]], *, retry: bool = True) -> list[list[tuple]]:
+        """A write on the primary, followed by its WAL position; the user's reads through this
+        process then go to the primary for ``read_your_writes_s`` (even if the write failed:
+        it may have committed before its answer was lost)."""
+        try:
+            return await self._transaction(user_id, statements, retry=retry, then=WAL_POSITION)
+        finally:
+            self.router.wrote(user_id)
+
+
+def _token(results: list[list[tuple]]) -> str:
+    """The consistency token of a write: the WAL position that followed its COMMIT."""
+    return format_lsn(int(results[-1][0][0]))
 
 
 def _rate(hits: int, misses: int) -> float | None:

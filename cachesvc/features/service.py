@@ -1,4 +1,10 @@
-"""The feature read path's lifecycle inside the service: catalog, reader, hot keys, warm-up."""
+"""The feature read path's lifecycle inside the service: catalog, reader, hot keys, warm-up.
+
+With a read replica, lookups go there (cachesvc.routing) once the replica's buffers are warm:
+each time the replica's server (re)starts, its tables are warmed up the way the primary's are
+before ``/readyz`` turns ready, while lookups stay on the primary. The primary's warm-up and
+readiness gate do not depend on the replica.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +15,72 @@ import logging
 from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.features import catalog as feature_catalog
+from cachesvc.features import warmup
+from cachesvc.features.catalog import FeatureTable
 from cachesvc.features.hotkeys import HotKeys
 from cachesvc.features.readiness import Readiness
-from cachesvc.features.reader import FeatureReader
+from cachesvc.features.reader import FeatureReader, Features
+from cachesvc.routing import ReadRouter, Target
 from cachesvc.settings import Settings
 
 log = logging.getLogger("cachesvc.features")
 
 
 class FeatureService:
-    def __init__(self, reader: FeatureReader, hot_keys: HotKeys, readiness: Readiness) -> None:
-        self.reader = reader
+    def __init__(
+        self, reader: FeatureReader, hot_keys: HotKeys, readiness: Readiness,
+        router: ReadRouter | None = None, replica_reader: FeatureReader | None = None,
+    ) -> None:
+        self.reader = reader  # the primary's: warm-up, readiness, statistics
+        self.readers = {Target.PRIMARY: reader, Target.REPLICA: replica_reader}
+        self.router = router
         self.catalog = reader.catalog
         self.hot_keys = hot_keys
         self.readiness = readiness
+        self.replica_warmed_for = None  # the replica server start its warm-up was for
         self._tasks: list[asyncio.Task] = []
 
+    async def lookup(self, keys: list[str], tables: list[FeatureTable]) -> list[Features]:
+        """Features of ``keys``: on the replica when it is usable and warm, else on the primary."""
+        if self.router is None:
+            return await self.reader.lookup(keys, tables)
+        target = self.router.choose(warm=self.replica_warm())
+        return await self.router.run(target, lambda on: self.readers[on].lookup(keys, tables))
+
+    def replica_warm(self) -> bool:
+        monitor = self.router.monitor if self.router else None
+        if monitor is None or not self.readiness.enabled:
+            return True
+        return monitor.server_started_at is not None and self.replica_warmed_for == monitor.server_started_at
+
+    async def _warm_replica(self, settings: Settings) -> None:
+        """Warm the replica up whenever its server has (re)started: new buffers are cold."""
+        monitor = self.router.monitor
+        while True:
+            await asyncio.sleep(monitor.interval_s)
+            started = monitor.server_started_at
+            if not monitor.usable() or started is None or started == self.replica_warmed_for:
+                continue
+            try:
+                report = await warmup.warm_up(
+                    self.readers[Target.REPLICA],
+                    prewarm_fraction=settings.features_prewarm_fraction,
+                    hot_key_limit=settings.features_warmup_hot_keys,
+                    lookups=settings.features_warmup_lookups,
+                    concurrency=settings.read_pool_size,
+                )
+            except Exception as exc:  # the replica went away meanwhile: lookups stay on the primary
+                log.warning("replica feature warm-up failed, retrying: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            self.replica_warmed_for = started
+            log.info("replica feature tables warm", extra={"fields": report.as_dict()})
+
     @classmethod
-    async def open(cls, pool: AsyncConnectionPool, settings: Settings) -> FeatureService:
+    async def open(
+        cls, pool: AsyncConnectionPool, settings: Settings,
+        router: ReadRouter | None = None, read_pool: AsyncConnectionPool | None = None,
+    ) -> FeatureService:
         """Discover the tables (CatalogError refuses to start), then warm up in the background.
 
         Waits up to ``features_warmup_wait_s`` for warm-up, so that a small data set is warm
@@ -41,18 +95,24 @@ class FeatureService:
         log.info(
             "feature tables", extra={"fields": {"schema": found.schema, "tables": list(found.tables), "strategy": settings.features_strategy}}
         )
-        reader = FeatureReader(
-            pool,
-            found,
-            strategy=settings.features_strategy,
-            statement_timeout_ms=settings.statement_timeout_ms,
-            idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
-        )
-        service = cls(reader, HotKeys(), Readiness(reader, settings))
+        def reader_on(on: AsyncConnectionPool) -> FeatureReader:
+            return FeatureReader(
+                on,
+                found,
+                strategy=settings.features_strategy,
+                statement_timeout_ms=settings.statement_timeout_ms,
+                idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
+            )
+
+        reader = reader_on(pool)
+        replica_reader = reader_on(read_pool) if read_pool is not None else None
+        service = cls(reader, HotKeys(), Readiness(reader, settings), router, replica_reader)
         service._tasks = [
             asyncio.create_task(service.readiness.run(), name="features-warmup"),
             asyncio.create_task(service.hot_keys.run(pool, settings.flush_interval_s), name="features-hot-keys"),
         ]
+        if replica_reader is not None and router is not None and router.monitor is not None and settings.features_warmup:
+            service._tasks.append(asyncio.create_task(service._warm_replica(settings), name="features-replica-warmup"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(service.readiness.ready.wait(), settings.features_warmup_wait_s)
         return service

@@ -1,0 +1,132 @@
+"""Read routing: which database server answers a read, and the fallback when it cannot.
+
+Without ``CACHESVC_READ_DATABASE_URL`` every read goes to the primary. With it, a read goes
+to the replica unless one of these sends it to the primary:
+
+1. the replica is not usable (cachesvc.replica): down, not a standby of our primary, not
+   checked yet, or possibly more than ``replica_max_lag_s`` behind;
+2. read-your-writes: a user of the read wrote (PUT, DELETE, erase) through this process in
+   the last ``read_your_writes_s`` seconds. The window is at least the lag bound, so once it
+   has passed a usable replica holds the write;
+3. a consistency token: the read carries the WAL position a write returned (from any service
+   process) and the replica has not replayed that far yet.
+
+A read routed to the replica that fails there (connection refused or lost, no pooled
+connection or no answer within ``replica_timeout_s``, a query cancelled by a replay conflict,
+any database error) is run again on the primary, without an error for the client. A lost or
+refused connection also marks the replica down at once, until a later check finds it well; a
+slow or busy replica is left to the monitor's checks, which have connections of their own.
+
+Writes, erase, statistics and the counter flushes never come here: they use the primary's pool.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import psycopg
+import psycopg_pool
+
+from cachesvc.db import Bounded, connection_lost
+from cachesvc.replica import ReplicaMonitor
+from cachesvc.settings import Settings
+
+T = TypeVar("T")
+
+
+class Target(enum.Enum):
+    PRIMARY = "primary"
+    REPLICA = "replica"
+
+
+class RecentWriters:
+    """Users who wrote through this process within the last ``window_s`` seconds.
+
+    Kept in order of their last write, so expired users are dropped from the front: memory is
+    bounded by the users writing within one window.
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._last: dict[uuid.UUID, float] = {}
+
+    def add(self, user_id: uuid.UUID) -> None:
+        now = time.monotonic()
+        self._last.pop(user_id, None)
+        self._last[user_id] = now
+        self._expire(now)
+
+    def __contains__(self, user_id: uuid.UUID) -> bool:
+        at = self._last.get(user_id)
+        return at is not None and time.monotonic() - at < self.window_s
+
+    def __len__(self) -> int:
+        self._expire(time.monotonic())
+        return len(self._last)
+
+    def _expire(self, now: float) -> None:
+        while self._last:
+            first = next(iter(self._last))
+            if now - self._last[first] < self.window_s:
+                return
+            del self._last[first]
+
+
+class ReadRouter:
+    def __init__(self, monitor: ReplicaMonitor | None, settings: Settings) -> None:
+        self.monitor = monitor
+        self.recent = RecentWriters(settings.read_your_writes_s)
+        self.timeout_s = settings.replica_timeout_s
+        self.routes: Counter[tuple[str, str]] = Counter()  # (target, reason) -> reads
+        self.fallbacks: Counter[str] = Counter()  # failure kind -> replica attempts redone on the primary
+        self._bounded = Bounded()
+
+    def wrote(self, user_id: uuid.UUID) -> None:
+        if self.monitor is not None:
+            self.recent.add(user_id)
+
+    def choose(self, users: Iterable[uuid.UUID] = (), after_lsn: int | None = None, *, warm: bool = True) -> Target:
+        """Where a read of ``users`` goes (``warm``: the caller's data is warm on the replica)."""
+        if self.monitor is None:
+            return Target.PRIMARY
+        reason = self._keep_on_primary(users, after_lsn, warm)
+        target = Target.PRIMARY if reason else Target.REPLICA
+        self.routes[(target.value, reason or "replica_ok")] += 1
+        return target
+
+    def _keep_on_primary(self, users: Iterable[uuid.UUID], after_lsn: int | None, warm: bool) -> str | None:
+        monitor = self.monitor
+        if not monitor.usable():
+            return f"replica_{monitor.state()}"
+        if not warm:
+            return "replica_warming"
+        if any(user in self.recent for user in users):
+            return "recent_write"
+        if after_lsn is not None and monitor.replay_position < after_lsn:
+            return "consistency_token"
+        return None
+
+    async def run(self, target: Target, attempt: Callable[[Target], Awaitable[T]]) -> T:
+        """``attempt(target)``; on the replica bounded by ``replica_timeout_s``, and run again
+        on the primary if the replica fails (or stopped being usable since the choice)."""
+        if target is Target.PRIMARY or not self.monitor.usable():
+            return await attempt(Target.PRIMARY)
+        try:
+            return await self._bounded(attempt(Target.REPLICA), self.timeout_s)
+        except psycopg.Error as exc:  # PoolTimeout and DatabaseTimeout are OperationalErrors too
+            if _replica_gone(exc):
+                self.monitor.mark_failed(exc)
+            self.fallbacks[type(exc).__name__] += 1
+        return await attempt(Target.PRIMARY)
+
+
+def _replica_gone(exc: psycopg.Error) -> bool:
+    """The replica's connection was refused or lost (not a timeout, a busy pool or a conflict)."""
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed):
+        return False
+    return isinstance(exc, psycopg.OperationalError) and connection_lost(exc)
