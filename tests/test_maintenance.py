@@ -15,7 +15,6 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 from psycopg import sql
 

@@ -21,11 +21,9 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import psycopg
 from cachesvc import auth
 from cachesvc.bench import loadgen
 from cachesvc.features import demo
-from cachesvc.localstack import SUPERUSER, LocalStack, free_port
+from cachesvc.localstack import SUPERUSER, LocalStack, ServiceProcess
 from cachesvc.migrations import PROJECT_ROOT
 
 USERS = 1000
@@ -66,37 +64,13 @@ def seed(stack: LocalStack, users: int, keys: int) -> None:
         conn.execute("VACUUM ANALYZE infinite_pages_cache_partitioned")
 
 
-class Service:
+class Service(ServiceProcess):
+    """The service as production runs it (rate limiting off, for the ceiling comparison), ready."""
+
     def __init__(self, stack: LocalStack, home: Path, secret: str, **settings: str) -> None:
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")}
-        env |= stack.env() | {
-            "CACHESVC_ENV": "production",
-            "CACHESVC_JWT_SECRET": secret,
-            "CACHESVC_PORT": str(self.port),
-            "CACHESVC_LOG_FORMAT": "json",
-            "CACHESVC_RATE_LIMIT_PER_S": "0",
-        } | {f"CACHESVC_{k.upper()}": str(v) for k, v in settings.items()}
-        self.log = home / f"service-{self.port}.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "cachesvc", "serve"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with psycopg.connect(stack.url(SUPERUSER)):  # the database is up; now the service
-                    pass
-                import urllib.request
-
-                if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status == 200:
-                    return
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"service did not start:\n{self.log.read_text()[-2000:]}") from None
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
+        production = {"env": "production", "jwt_secret": secret, "rate_limit_per_s": "0"}
+        super().__init__(stack, home / f"service-{uuid.uuid4().hex[:8]}.log", **(production | settings))
+        self.wait_ready(60)
 
 
 def get_requests(secret: str, port: int, hit_ratio: float = 0.8, count: int = 2000) -> list[bytes]:

@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,8 @@ from psycopg import sql
 from cachesvc import auth, db
 from cachesvc.features import catalog, demo, warmup
 from cachesvc.features.reader import FeatureReader
-from cachesvc.localstack import SUPERUSER, LocalStack, free_port
+from cachesvc.localstack import SUPERUSER, LocalStack
+from cachesvc.localstack import ServiceProcess as Service
 
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 
@@ -165,43 +165,6 @@ async def in_process(stack: LocalStack, rows: int, iterations: int) -> dict:
 
 
 # -- the service over HTTP ---------------------------------------------------------------------
-
-
-class Service:
-    """``cachesvc serve`` in a subprocess against the stack."""
-
-    def __init__(self, stack: LocalStack, log: Path, **settings: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")}
-        env |= stack.env() | {"CACHESVC_PORT": str(self.port), "CACHESVC_LOG_FORMAT": "json"}
-        env |= {f"CACHESVC_{k.upper()}": str(v) for k, v in settings.items()}
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cachesvc", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb")
-        )
-        self.log = log
-
-    def wait_ready(self, timeout: float = 120) -> float:
-        import httpx2
-
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx2.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.perf_counter() - self.started
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("service not ready in time")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(30)
 
 
 async def open_loop(url: str, token: str, bodies: list[dict], rate: float, meter: CpuMeter) -> dict:
