@@ -527,6 +527,7 @@ class ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")}
         env |= stack.env() | {"CACHESVC_PORT": str(self.port), "CACHESVC_LOG_FORMAT": "json"}
         env |= {f"CACHESVC_{k.upper()}": str(v) for k, v in settings.items()}
+        self.env = env
         self.started = time.perf_counter()
         with open(log, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "cachesvc", "serve"], env=env,
@@ -546,10 +547,19 @@ class ServiceProcess:
                     return time.perf_counter() - self.started
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
-            if time.monotonic() > deadline:
-                self.stop()
+            if time.monotonic() > deadline:  # a service that never became ready is not left running
+                self.proc.kill()
+                self.proc.wait()
                 raise StackError(f"service not ready after {timeout}s:\n{_tail(self.log, 40)}")
             time.sleep(0.02)
 
-    def stop(self) -> None:
-        _stop_process(self.proc, signal.SIGTERM)
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then its exit code; one that does not stop in time is killed and reported."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise StackError(f"service did not stop within {timeout} s of SIGTERM; its log ends:\n{_tail(self.log, 30)}") from None

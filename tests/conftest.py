@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cachesvc.localstack import SUPERUSER, LocalStack
+from cachesvc.localstack import SUPERUSER, LocalStack, ServiceProcess
 
 
 @contextlib.contextmanager
@@ -93,64 +93,13 @@ def insert_entry(conn: psycopg.Connection, user_id, content_type="chapter", key=
     ).fetchone()
 
 
-class LiveService:
-    """`cachesvc serve` in a subprocess, on a free port, against the session's stack."""
+class LiveService(ServiceProcess):
+    """`cachesvc serve` in a subprocess, on a free port, against the stack; ready when returned."""
 
     def __init__(self, stack: LocalStack, log_path: Path, **settings: str) -> None:
-        import os
-        import subprocess
-        import sys
-
-        from cachesvc.localstack import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")}
-        env |= stack.env() | {"CACHESVC_PORT": str(self.port), "CACHESVC_LOG_FORMAT": "json"}
-        env |= {f"CACHESVC_{k.upper()}": str(v) for k, v in settings.items()}
-        self.env = env
+        super().__init__(stack, log_path, **settings)
         self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cachesvc", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb")
-        )
-        try:
-            self.wait_ready()
-        except BaseException:  # a service that never became ready is not left running
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        import time
-
-        import httpx2
-
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.log_path.read_text()}")
-            try:
-                if httpx2.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"service not ready:\n{self.log_path.read_text()}")
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        import signal
-        import subprocess
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
-            raise RuntimeError(f"service did not stop within 30 s of SIGTERM; its log ends:\n{tail}") from None
+        self.wait_ready(30)
 
 
 @pytest.fixture(scope="session")
