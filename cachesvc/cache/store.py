@@ -23,31 +23,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
-import psycopg
-from psycopg import AsyncClientCursor, errors
-from psycopg.pq import TransactionStatus
+from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.cache.batcher import ReadBatcher, Triple
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.models import CacheEntry, ContentTypeStats, LookupItem, PutEntry, StatsResponse
-from cachesvc.db import Bounded, connection_lost
 from cachesvc.replica import format_lsn
 from cachesvc.routing import ReadRouter, Target
 from cachesvc.settings import Settings
-
-SET_CONTEXT = (
-    "SELECT set_config('cachesvc.user_id', %s, true),"
-    " set_config('statement_timeout', %s, true),"
-    " set_config('idle_in_transaction_session_timeout', %s, true)"
-)
-
-# A coalesced read (batcher.py): RLS admits exactly the users of the batch.
-SET_READERS = (
-    "SELECT set_config('cachesvc.user_ids', %s, true),"
-    " set_config('statement_timeout', %s, true),"
-    " set_config('idle_in_transaction_session_timeout', %s, true)"
-)
+from cachesvc.transaction import Budget, Transactions, within_budget
 
 ENTRY_COLUMNS = (
     "id, created_at, content_type, cache_key, content::text, metadata::text, token_count,"
@@ -199,78 +184,28 @@ class CacheStore:
         self.router = router or ReadRouter(None, settings)
         self.settings = settings
         self.counters = counters
-        self.on_retry = on_retry
-        self._bounded = Bounded()
+        self.transactions = Transactions.from_settings(settings, on_retry)
         self.batchers = (
             {t: ReadBatcher(functools.partial(self._read_batch, t), settings.read_lanes) for t in Target}
             if settings.read_lanes > 0 else {}
         )
-        self._timeouts = (str(settings.statement_timeout_ms), str(settings.idle_in_transaction_timeout_ms))
 
     async def _transaction(
         self, user_id: uuid.UUID | None, statements: list[tuple[str, object]], *, retry: bool = True,
         readers: Sequence[uuid.UUID] = (), target: Target = Target.PRIMARY, then: str | None = None,
+        budget: Budget | None = None,
     ) -> list[list[tuple]]:
-        """Run ``statements`` in one transaction acting as ``user_id``, in one round trip.
-
-        On the primary, bounded: after ``request_timeout_s`` the caller gets
-        ``DatabaseTimeout`` at once, while the attempt is cancelled in the background. With
-        ``retry``, an attempt that lost its connection (server restarted, backend terminated)
-        is made once more: only for reads and for writes that are idempotent. On the replica,
-        neither: the router bounds the attempt and falls back to the primary. ``then`` is a
-        statement sent after COMMIT (its rows come last).
-        """
-        if target is Target.REPLICA:
-            return await self._once(user_id, statements, readers, target, then)
-        attempts = 2 if retry else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return await self._bounded(
-                    self._once(user_id, statements, readers, target, then), self.settings.request_timeout_s
-                )
-            except psycopg.OperationalError as exc:
-                if attempt == attempts or not connection_lost(exc):
-                    raise
-                self.on_retry()
-
-    async def _once(
-        self, user_id: uuid.UUID | None, statements: list[tuple[str, object]], readers: Sequence[uuid.UUID] = (),
-        target: Target = Target.PRIMARY, then: str | None = None,
-    ) -> list[list[tuple]]:
-        """One simple-protocol query string: BEGIN; context; statements; COMMIT.
-
-        Parameters are bound client-side (psycopg's ClientCursor quoting), so the whole
-        transaction is one Query message and one answer: measured here, half the client CPU
-        of the same four statements sent as an extended-protocol pipeline (90 vs 185 us).
-        Returns the rows of each statement.
-        """
-        async with self.pools[target].connection() as conn:
-            cur = AsyncClientCursor(conn)
-            if readers:
-                context = cur.mogrify(SET_READERS, (",".join(sorted({str(u) for u in readers})), *self._timeouts))
-            else:
-                context = cur.mogrify(SET_CONTEXT, (str(user_id), *self._timeouts))
-            parts = ["BEGIN", context]
-            parts += [cur.mogrify(sql, params) if params is not None else sql for sql, params in statements]
-            parts.append("COMMIT")
-            if then is not None:
-                parts.append(then)
-            try:
-                await cur.execute(";\n".join(parts))
-                results = []
-                cur.nextset()  # past BEGIN
-                for _ in statements:
-                    cur.nextset()
-                    results.append(await cur.fetchall())
-                if then is not None:
-                    cur.nextset()  # past COMMIT
-                    cur.nextset()
-                    results.append(await cur.fetchall())
-            except BaseException:
-                if not conn.closed and conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-                    await conn.rollback()
-                raise
-            return results
+        """``statements`` in one transaction acting as ``user_id`` (or, for a coalesced read,
+        as exactly ``readers``), through the one runner (cachesvc.transaction). On the replica
+        never retried: the router falls back to the primary instead."""
+        if readers:
+            context = [("cachesvc.user_ids", ",".join(sorted({str(u) for u in readers})))]
+        else:
+            context = [("cachesvc.user_id", str(user_id))]
+        return await self.transactions.run(
+            self.pools[target], statements, context=context, then=then, budget=budget,
+            retry=retry and target is Target.PRIMARY,
+        )
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -280,7 +215,7 @@ class CacheStore:
         """The live entry; ``after_lsn`` (a consistency token) keeps it off a replica not yet there."""
         target = self.router.choose((user_id,), after_lsn)
         if self.batchers:
-            (row,) = await self.batchers[target].fetch([(user_id, content_type, key)])
+            (row,) = await within_budget(self.batchers[target].fetch([(user_id, content_type, key)]))
         else:
             (rows,) = await self._read(target, user_id, GET, (user_id, content_type, key))
             row = rows[0] if rows else None
@@ -290,11 +225,15 @@ class CacheStore:
         return self._count_hit(user_id, row)
 
     async def _read_batch(self, target: Target, triples: list[Triple]) -> list[tuple | None]:
-        """One transaction for the triples of several requests (see batcher.py)."""
+        """One transaction for the triples of several requests (see batcher.py).
+
+        The batch has a budget of its own (its task outlives the request that started it);
+        each request waits for it only as long as its own budget allows."""
         users = [t[0] for t in triples]
         statement = (BATCH_GET, (users, [t[1] for t in triples], [t[2] for t in triples]))
+        budget = Budget(self.settings.request_timeout_s)
         (rows,) = await self.router.run(
-            target, lambda on: self._transaction(None, [statement], readers=users, target=on)
+            target, lambda on: self._transaction(None, [statement], readers=users, target=on, budget=budget)
         )
         found = {row[0]: row[1:] for row in rows}
         return [found.get(ordinal) for ordinal in range(1, len(triples) + 1)]
@@ -308,7 +247,7 @@ class CacheStore:
     ) -> list[CacheEntry | None]:
         target = self.router.choose((user_id,), after_lsn)
         if self.batchers:
-            rows = await self.batchers[target].fetch([(user_id, i.content_type, i.key) for i in items])
+            rows = await within_budget(self.batchers[target].fetch([(user_id, i.content_type, i.key) for i in items]))
         else:
             (found,) = await self._read(
                 target, user_id, LOOKUP, ([i.content_type for i in items], [i.key for i in items], user_id)

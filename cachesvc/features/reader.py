@@ -1,6 +1,8 @@
 """Feature lookups: N entity keys x M feature tables in one network round trip.
 
-Two ways to send a lookup, both one pipeline ``BEGIN; set_config(…); …; COMMIT``:
+Two ways to send a lookup, both one transaction through the runner (cachesvc.transaction:
+one query string, one round trip, within the request's time budget, retried once on a lost
+connection):
 
 - ``statement`` (the default: faster, see docs/features-benchmark.md): one statement, one
   row per requested key, one column per table, each a scalar subquery reading the table by
@@ -10,7 +12,7 @@ Two ways to send a lookup, both one pipeline ``BEGIN; set_config(…); …; COMM
         FROM unnest($bigint_keys::bigint[], $text_keys::text[]) WITH ORDINALITY AS q(k_bigint, k_text, ord)
 
 - ``pipeline``: one statement per table (``WHERE key = ANY($keys)``, returning the key as
-  text to map rows back), all queued in the same pipeline.
+  text to map rows back), all in the same query string.
 
 Rows come back as JSON built by PostgreSQL (``row_to_json``): numbers stay numbers,
 timestamps are ISO 8601, and the service passes the text through without parsing it. Keys
@@ -29,23 +31,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
-from psycopg import AsyncConnection, sql
-from psycopg.pq import TransactionStatus
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.features.catalog import Catalog, FeatureTable
+from cachesvc.transaction import Statement, Transactions
 
 STRATEGIES = ("statement", "pipeline")
 MAX_KEYS = 100
 
-BEGIN = "BEGIN READ ONLY"
-# Timeouts for this transaction, and the planner's cost of a random page read as for data
-# in memory (what warm-up makes it): a key lookup then takes the primary key index unless a
-# table is so small that reading it whole is cheaper.
-SET_CONTEXT = (
-    "SELECT set_config('statement_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true),"
-    " set_config('random_page_cost', '1.1', true)"
-)
+# The planner's cost of a random page read as for data in memory (what warm-up makes it): a
+# key lookup then takes the primary key index unless a table is so small that reading it whole
+# is cheaper. Set for the transaction only, with the runner's timeouts.
+CONTEXT = [("random_page_cost", "1.1")]
 
 Features = dict[str, msgspec.Raw | None]  # table -> row as JSON, or None for a miss
 
@@ -83,33 +81,34 @@ def _per_table(table: FeatureTable) -> sql.Composed:
 
 
 @dataclass(frozen=True, slots=True)
-class Pending:
-    """A lookup queued on a connection's pipeline; ``collect`` once the pipeline is synced."""
+class Plan:
+    """A lookup's statements, and how their rows map back to the request."""
 
     keys: Sequence[str]
     tables: Sequence[FeatureTable]  # as requested: the shape of the results
     asked: Sequence[FeatureTable]  # those some key can be in: the statements sent
     positions: dict[str, dict[str, list[int]]]  # key type -> key as PostgreSQL spells it -> positions
-    cursors: list
-    single_statement: bool  # one cursor: a row per key, a column per table of ``asked``
+    statements: list[Statement]
+    single_statement: bool  # one statement: a row per key, a column per table of ``asked``
 
-    async def collect(self) -> list[Features]:
-        results: list[Features] = [dict.fromkeys((t.name for t in self.tables), None) for _ in self.keys]
+    def collect(self, results: Sequence[list[tuple]]) -> list[Features]:
+        """The features of each key, from the rows of ``statements`` (in order)."""
+        found_all: list[Features] = [dict.fromkeys((t.name for t in self.tables), None) for _ in self.keys]
         if self.single_statement:
             names = [t.name for t in self.asked]
-            for ordinal, *rows in await self.cursors[0].fetchall():
-                found = results[ordinal - 1]
+            for ordinal, *rows in results[0]:
+                found = found_all[ordinal - 1]
                 for name, row in zip(names, rows):
                     if row is not None:
                         found[name] = msgspec.Raw(row.encode())
-            return results
-        for table, cur in zip(self.asked, self.cursors):
+            return found_all
+        for table, rows in zip(self.asked, results):
             spelled = self.positions[table.key_type]
-            for key, row in await cur.fetchall():
+            for key, row in rows:
                 raw = msgspec.Raw(row.encode())
                 for position in spelled.get(key, ()):
-                    results[position][table.name] = raw
-        return results
+                    found_all[position][table.name] = raw
+        return found_all
 
 
 class FeatureReader:
@@ -119,15 +118,16 @@ class FeatureReader:
         catalog: Catalog,
         *,
         strategy: str = "statement",
-        statement_timeout_ms: int = 5000,
-        idle_in_transaction_timeout_ms: int = 10000,
+        transactions: Transactions | None = None,
+        retry: bool = True,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
         self.pool = pool
         self.catalog = catalog
         self.strategy = strategy
-        self._timeouts = (str(statement_timeout_ms), str(idle_in_transaction_timeout_ms))
+        self.transactions = transactions or Transactions()
+        self.retry = retry  # not on a replica: the router runs a failed lookup on the primary
         self._statements: dict[tuple[str, ...], sql.Composed] = {}
         self._per_table = {t.name: _per_table(t) for t in catalog.tables.values()}
 
@@ -169,37 +169,28 @@ class FeatureReader:
         """The single statement for ``keys`` over ``tables`` and its parameters (EXPLAIN, benchmarks)."""
         return self.statement_for(tables), self.aligned(keys, tables)
 
-    async def queue(
-        self, conn: AsyncConnection, keys: Sequence[str], tables: Sequence[FeatureTable], strategy: str | None = None
-    ) -> Pending:
-        """Queue the lookup's statement(s) on ``conn`` (inside its pipeline and transaction)."""
+    def plan(self, keys: Sequence[str], tables: Sequence[FeatureTable], strategy: str | None = None) -> Plan:
+        """The statement(s) of a lookup of ``keys`` over ``tables``."""
         positions = self.positions(keys, tables)
         # Tables whose key type no requested key can be are misses without asking.
         asked = [t for t in tables if positions[t.key_type]]
         if not asked:
-            return Pending(keys, tables, asked, positions, [], False)
+            return Plan(keys, tables, asked, positions, [], False)
         if (strategy or self.strategy) == "statement":
-            cur = await conn.execute(self.statement_for(asked), self.aligned(keys, asked))
-            return Pending(keys, tables, asked, positions, [cur], True)
-        cursors = [await conn.execute(self._per_table[t.name], {t.key_type: list(positions[t.key_type])}) for t in asked]
-        return Pending(keys, tables, asked, positions, cursors, False)
+            statements: list[Statement] = [(self.statement_for(asked), self.aligned(keys, asked))]
+            return Plan(keys, tables, asked, positions, statements, True)
+        statements = [(self._per_table[t.name], {t.key_type: list(positions[t.key_type])}) for t in asked]
+        return Plan(keys, tables, asked, positions, statements, False)
 
     async def lookup(
         self, keys: Sequence[str], tables: Sequence[FeatureTable] | None = None, *, strategy: str | None = None
     ) -> list[Features]:
         """Features of each key (in request order) from each table, in one round trip."""
         tables = self.catalog.resolve(None) if tables is None else tables
-        if not tables or not keys:
-            return [dict.fromkeys((t.name for t in tables), None) for _ in keys]
-        async with self.pool.connection() as conn:
-            try:
-                async with conn.pipeline():
-                    await conn.execute(BEGIN)
-                    await conn.execute(SET_CONTEXT, self._timeouts)
-                    pending = await self.queue(conn, keys, tables, strategy)
-                    await conn.execute("COMMIT")
-            except BaseException:
-                if conn.info.transaction_status != TransactionStatus.IDLE:
-                    await conn.rollback()
-                raise
-            return await pending.collect()
+        plan = self.plan(keys, tables, strategy)
+        if not plan.statements:
+            return plan.collect([])
+        results = await self.transactions.run(
+            self.pool, plan.statements, context=CONTEXT, read_only=True, retry=self.retry
+        )
+        return plan.collect(results)

@@ -16,8 +16,6 @@ import random
 import time
 from dataclasses import dataclass
 
-from psycopg.pq import TransactionStatus
-
 from cachesvc.features import warmup
 from cachesvc.features.reader import FeatureReader
 from cachesvc.settings import Settings
@@ -64,22 +62,11 @@ class Probe:
 
 async def hit_ratio(reader: FeatureReader, keys: list[str]) -> float:
     """Share of the blocks one lookup of ``keys`` over every table found in shared buffers."""
-    params = {"rels": reader.catalog.relation_names()}
-    tables = list(reader.catalog.tables.values())
-    async with reader.pool.connection() as conn:
-        try:
-            async with conn.pipeline():
-                await conn.execute("BEGIN READ ONLY")
-                before = await conn.execute(BLOCK_COUNTERS, params)
-                pending = await reader.queue(conn, keys, tables)
-                after = await conn.execute(BLOCK_COUNTERS, params)
-                await conn.execute("COMMIT")
-        except BaseException:
-            if conn.info.transaction_status != TransactionStatus.IDLE:
-                await conn.rollback()
-            raise
-        await pending.collect()
-        (fetched0, hit0), (fetched1, hit1) = await before.fetchone(), await after.fetchone()
+    counters = (BLOCK_COUNTERS, {"rels": reader.catalog.relation_names()})
+    plan = reader.plan(keys, list(reader.catalog.tables.values()))
+    results = await reader.transactions.run(reader.pool, [counters, *plan.statements, counters], read_only=True)
+    plan.collect(results[1:-1])
+    (fetched0, hit0), (fetched1, hit1) = results[0][0], results[-1][0]
     fetched, hit = fetched1 - fetched0, hit1 - hit0
     return hit / fetched if fetched else 1.0
 

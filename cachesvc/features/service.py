@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -22,6 +23,7 @@ from cachesvc.features.readiness import Readiness
 from cachesvc.features.reader import FeatureReader, Features
 from cachesvc.routing import ReadRouter, Target
 from cachesvc.settings import Settings
+from cachesvc.transaction import Transactions
 
 log = logging.getLogger("cachesvc.features")
 
@@ -80,6 +82,7 @@ class FeatureService:
     async def open(
         cls, pool: AsyncConnectionPool, settings: Settings,
         router: ReadRouter | None = None, read_pool: AsyncConnectionPool | None = None,
+        on_retry: Callable[[], None] = lambda: None,
     ) -> FeatureService:
         """Discover the tables (CatalogError refuses to start), then warm up in the background.
 
@@ -95,17 +98,13 @@ class FeatureService:
         log.info(
             "feature tables", extra={"fields": {"schema": found.schema, "tables": list(found.tables), "strategy": settings.features_strategy}}
         )
-        def reader_on(on: AsyncConnectionPool) -> FeatureReader:
-            return FeatureReader(
-                on,
-                found,
-                strategy=settings.features_strategy,
-                statement_timeout_ms=settings.statement_timeout_ms,
-                idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
-            )
+        transactions = Transactions.from_settings(settings, on_retry)
 
-        reader = reader_on(pool)
-        replica_reader = reader_on(read_pool) if read_pool is not None else None
+        def reader_on(on: AsyncConnectionPool, retry: bool) -> FeatureReader:
+            return FeatureReader(on, found, strategy=settings.features_strategy, transactions=transactions, retry=retry)
+
+        reader = reader_on(pool, True)
+        replica_reader = reader_on(read_pool, False) if read_pool is not None else None
         service = cls(reader, HotKeys(), Readiness(reader, settings), router, replica_reader)
         service._tasks = [
             asyncio.create_task(service.readiness.run(), name="features-warmup"),

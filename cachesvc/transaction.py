@@ -1,0 +1,183 @@
+"""The one transaction runner: every request's database work goes through ``Transactions.run``.
+
+A transaction is sent as one simple-protocol query string, bound client-side::
+
+    BEGIN [READ ONLY]; SELECT set_config(…, true), …; <statements>; COMMIT [; <then>]
+
+One network round trip, and with PgBouncer in transaction mode every setting (the user, the
+timeouts) lives and dies with the transaction. Measured here: half the client CPU of the same
+statements sent as an extended-protocol pipeline (90 vs 185 us for four statements).
+
+Time: a request has one ``Budget`` (``CACHESVC_REQUEST_TIMEOUT_S``), set when it arrives and
+carried in a context variable. Waiting for a pooled connection, every attempt and the retry
+all come out of it; past it the caller gets ``DatabaseTimeout`` at once while the attempt is
+cancelled in the background. The server is told too: ``statement_timeout`` is never more
+than what is left of the budget.
+
+Retry: with ``retry``, an attempt that lost its connection (server restarted, backend
+terminated, PgBouncer restarted) is made once more, if the budget has time left. Only reads
+and idempotent writes ask for it: a DELETE whose COMMIT was lost would answer 404 for work
+that was done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import AsyncClientCursor, sql
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool
+
+from cachesvc.db import Bounded, DatabaseTimeout, connection_lost
+
+T = TypeVar("T")
+
+Statement = tuple[str | sql.Composable, Any]  # SQL and its parameters (None: sent verbatim)
+
+
+class Budget:
+    """The time a request may spend waiting on the database, all attempts included."""
+
+    __slots__ = ("seconds", "deadline")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def expired(self) -> DatabaseTimeout:
+        return DatabaseTimeout(f"no answer from the database within the request's {self.seconds}s")
+
+
+_budget: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("cachesvc_budget", default=None)
+
+
+def start_budget(seconds: float) -> Budget:
+    """The budget of the request being handled in this context (set once, on arrival)."""
+    budget = Budget(seconds)
+    _budget.set(budget)
+    return budget
+
+
+def current_budget() -> Budget | None:
+    return _budget.get()
+
+
+class Transactions:
+    """Runs transactions on a pool, as a user (or a set of readers), within the budget."""
+
+    def __init__(
+        self, request_timeout_s: float = 6.0, statement_timeout_ms: int = 5000, idle_in_transaction_timeout_ms: int = 10000,
+        on_retry: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.request_timeout_s = request_timeout_s
+        self.statement_timeout_ms = statement_timeout_ms
+        self.idle_timeout = str(idle_in_transaction_timeout_ms)
+        self.on_retry = on_retry
+        self._bounded = Bounded()
+
+    @classmethod
+    def from_settings(cls, settings, on_retry: Callable[[], None] = lambda: None) -> Transactions:
+        return cls(
+            settings.request_timeout_s, settings.statement_timeout_ms, settings.idle_in_transaction_timeout_ms, on_retry
+        )
+
+    async def run(
+        self,
+        pool: AsyncConnectionPool,
+        statements: Sequence[Statement],
+        *,
+        context: Sequence[tuple[str, str]] = (),
+        read_only: bool = False,
+        retry: bool = True,
+        then: str | None = None,
+        budget: Budget | None = None,
+    ) -> list[list[tuple]]:
+        """Run ``statements`` in one transaction; returns the rows of each (then ``then``'s).
+
+        ``context``: transaction-local settings (``cachesvc.user_id`` …) set after BEGIN.
+        ``then``: a statement sent after COMMIT in the same string (a write's WAL position).
+        ``budget``: the request's (the context's) unless given; a fresh one outside requests.
+        """
+        budget = budget or _budget.get() or Budget(self.request_timeout_s)
+        attempts = 2 if retry else 1
+        for attempt in range(1, attempts + 1):
+            left = budget.remaining()
+            if left <= 0:
+                raise budget.expired()
+            try:
+                return await self._bounded(self._once(pool, statements, context, read_only, then, left), left)
+            except DatabaseTimeout:
+                raise budget.expired() from None
+            except psycopg.OperationalError as exc:
+                if attempt == attempts or not connection_lost(exc) or budget.remaining() <= 0:
+                    raise
+                self.on_retry()
+        raise AssertionError("unreachable")
+
+    async def _once(
+        self, pool: AsyncConnectionPool, statements: Sequence[Statement], context: Sequence[tuple[str, str]],
+        read_only: bool, then: str | None, left: float,
+    ) -> list[list[tuple]]:
+        async with pool.connection(timeout=max(left, 0.001)) as conn:
+            cur = AsyncClientCursor(conn)
+            text = self._query(cur, statements, context, read_only, then, left)
+            try:
+                await cur.execute(text)
+                results = []
+                cur.nextset()  # past BEGIN
+                for _ in statements:
+                    cur.nextset()
+                    results.append(await cur.fetchall())
+                if then is not None:
+                    cur.nextset()  # past COMMIT
+                    cur.nextset()
+                    results.append(await cur.fetchall())
+            except BaseException:
+                if not conn.closed and conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                    await conn.rollback()
+                raise
+            return results
+
+    def _query(
+        self, cur: AsyncClientCursor, statements: Sequence[Statement], context: Sequence[tuple[str, str]],
+        read_only: bool, then: str | None, left: float,
+    ) -> str:
+        # The server stops a statement no later than the budget ends (never below 1 ms: 0 is "none").
+        statement_timeout = str(max(1, min(self.statement_timeout_ms, int(left * 1000))))
+        settings = [*context, ("statement_timeout", statement_timeout), ("idle_in_transaction_session_timeout", self.idle_timeout)]
+        set_context = "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings)
+        parts = [
+            "BEGIN READ ONLY" if read_only else "BEGIN",
+            cur.mogrify(set_context, [v for pair in settings for v in pair]),
+        ]
+        for statement, params in statements:
+            if params is None:
+                parts.append(statement if isinstance(statement, str) else statement.as_string(cur))
+            else:
+                parts.append(cur.mogrify(statement, params))
+        parts.append("COMMIT")
+        if then is not None:
+            parts.append(then)
+        return ";\n".join(parts)
+
+
+async def within_budget(awaitable, budget: Budget | None = None):
+    """Await ``awaitable`` (e.g. a coalesced read's result) for what is left of the budget."""
+    budget = budget or _budget.get()
+    if budget is None:
+        return await awaitable
+    left = budget.remaining()
+    if left <= 0:
+        raise budget.expired()
+    try:
+        return await asyncio.wait_for(awaitable, left)
+    except TimeoutError:
+        raise budget.expired() from None

@@ -1,0 +1,131 @@
+"""One time budget per request (cachesvc.transaction): with PostgreSQL stopped or killed, every
+database path (GET, PUT, lookup, feature lookups) answers 503 with Retry-After within
+``CACHESVC_REQUEST_TIMEOUT_S`` plus 0.5 s — the wait for a pooled connection, the attempt
+and its retry included — and the service serves again once the database is back."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from cachesvc import auth
+from tests.conftest import LiveService, throwaway_stack
+from tests.feature_tables import create_table, maintainer
+
+BUDGET_S = 2.0
+SLACK_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def budget_stack():
+    """A stack of its own: these tests stop and kill its PostgreSQL."""
+    with throwaway_stack("cachesvc-budget-") as s:
+        with maintainer(s) as conn:
+            create_table(conn, "budget_profile", "id bigint PRIMARY KEY, score int", [(i, i * 2) for i in range(100)])
+        yield s
+
+
+@pytest.fixture(scope="module")
+def live(budget_stack, tmp_path_factory):
+    # A pool wait allowed to be far longer than the budget, and a statement timeout longer
+    # too: only the request's budget can make the answer come in time.
+    service = LiveService(
+        budget_stack, tmp_path_factory.mktemp("budget") / "service.log",
+        request_timeout_s=str(BUDGET_S), pool_size="3", pool_timeout_s="30", statement_timeout_ms="30000",
+        rate_limit_per_s="0", flush_interval_s="0.5",
+    )
+    yield service
+    service.stop()
+
+
+def requests(stack) -> list[tuple[str, str, str, dict | None, dict]]:
+    secret = stack.settings().jwt_secret
+    user = {"Authorization": f"Bearer {auth.mint(secret, sub=str(uuid.uuid4()))}"}
+    service = {"Authorization": f"Bearer {auth.mint(secret, sub='budget-test', role=auth.SERVICE_ROLE)}"}
+    return [
+        ("get", "GET", "/v1/cache/chapter/k1", None, user),
+        ("put", "PUT", "/v1/cache/chapter/k2", {"content": {"text": "x"}}, user),
+        ("lookup", "POST", "/v1/cache/lookup", {"items": [{"contentType": "chapter", "key": "k1"}]}, user),
+        ("features", "GET", "/v1/features/7", None, service),
+        ("features_lookup", "POST", "/v1/features/lookup", {"entityKeys": ["7", "8"]}, service),
+    ]
+
+
+def timed(http: httpx2.Client, method: str, path: str, body: dict | None, headers: dict) -> tuple[int, float, httpx2.Response]:
+    started = time.monotonic()
+    res = http.request(method, path, json=body, headers=headers)
+    return res.status_code, time.monotonic() - started, res
+
+
+def all_answer_503_in_budget(service: LiveService, stack) -> None:
+    """Each request, alone and then all at once, is a 503 within the budget."""
+    calls = requests(stack)
+    with httpx2.Client(base_url=service.url, timeout=30) as http:
+        for name, method, path, body, headers in calls:
+            status, elapsed, res = timed(http, method, path, body, headers)
+            assert status == 503, f"{name}: {status} {res.text}"
+            assert res.json()["error"]["code"] == "unavailable"
+            assert int(res.headers["retry-after"]) > 0
+            assert elapsed <= BUDGET_S + SLACK_S, f"{name} took {elapsed:.2f}s, budget {BUDGET_S}s"
+        # More requests than pooled connections: the wait for a connection counts too.
+        with ThreadPoolExecutor(len(calls) * 2) as pool:
+            results = list(pool.map(lambda c: (c[0], *timed(http, *c[1:])), calls * 2))
+    for name, status, elapsed, res in results:
+        assert status == 503, f"{name}: {status} {res.text}"
+        assert elapsed <= BUDGET_S + SLACK_S, f"{name} (concurrent) took {elapsed:.2f}s, budget {BUDGET_S}s"
+
+
+def serves_again(service: LiveService, stack, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx2.Client(base_url=service.url, timeout=30) as http:
+        for name, method, path, body, headers in requests(stack):
+            while (res := http.request(method, path, json=body, headers=headers)).status_code == 503:
+                assert time.monotonic() < deadline, f"{name} still 503 after the database came back"
+                time.sleep(0.2)
+            assert res.status_code in (200, 201, 404), f"{name}: {res.status_code} {res.text}"
+
+
+def kill_cluster(postmaster) -> None:
+    """SIGKILL the postmaster and every backend at once, as a crash of the machine's PostgreSQL."""
+    pids = [postmaster.pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster.pid:
+                pids.append(int(stat.parent.name))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    postmaster.wait(10)
+
+
+def warm(service: LiveService, stack) -> None:
+    """Every path has pooled connections in use before the fault (a retry is then possible)."""
+    serves_again(service, stack)
+
+
+def test_postgres_stopped(live, budget_stack):
+    warm(live, budget_stack)
+    budget_stack.postgres.stop()
+    try:
+        all_answer_503_in_budget(live, budget_stack)
+    finally:
+        budget_stack.postgres.start()
+    serves_again(live, budget_stack)
+
+
+def test_postgres_killed(live, budget_stack):
+    warm(live, budget_stack)
+    kill_cluster(budget_stack.postgres.proc)
+    try:
+        all_answer_503_in_budget(live, budget_stack)
+    finally:
+        budget_stack.postgres.start()
+    serves_again(live, budget_stack)
