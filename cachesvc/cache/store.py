@@ -1,8 +1,9 @@
 """The cache store: each operation is one transaction, sent as one query string.
 
-Every transaction is ``BEGIN; set_config(user, timeouts); <statements>; COMMIT``, bound
-client-side and sent as one simple-protocol Query: one network round trip, and with PgBouncer
-in transaction mode the user setting lives and dies with the transaction. Reads go through the
+Every transaction is ``BEGIN; set_config(user, timeouts); <statements>; COMMIT``, sent by the
+one runner (cachesvc.transaction) as one simple-protocol query string within the request's
+time budget: one network round trip, and with PgBouncer in transaction mode the user setting
+lives and dies with the transaction. Reads go through the
 batcher (batcher.py), which lets concurrent reads of several users share one transaction.
 Row-level security is the wall; the explicit ``user_id = …`` in every statement is the second
 one (and lets the planner use the lookup index directly).
@@ -26,6 +27,7 @@ import msgspec
 from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
 
+from cachesvc.cache import rawjson
 from cachesvc.cache.batcher import ReadBatcher, Triple
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.models import CacheEntry, ContentTypeStats, LookupItem, PutEntry, StatsResponse
@@ -34,8 +36,10 @@ from cachesvc.routing import ReadRouter, Target
 from cachesvc.settings import Settings
 from cachesvc.transaction import Budget, Transactions, within_budget
 
+# content_raw / metadata_raw hold JSON text that jsonb refuses (rawjson.py), verbatim.
 ENTRY_COLUMNS = (
-    "id, created_at, content_type, cache_key, content::text, metadata::text, token_count,"
+    "id, created_at, content_type, cache_key, coalesce(content_raw, content::text),"
+    " coalesce(metadata_raw, metadata::text), token_count,"
     " cost_usd::float8, model, hit_count, last_accessed_at, expires_at"
 )
 
@@ -71,6 +75,9 @@ SELECT q.ord, c.*
          LIMIT 1) AS c
 """
 
+# jsonb input errors that the store answers by keeping the JSON as text (see _json_columns).
+JSONB_REFUSALS = (errors.NumericValueOutOfRange, errors.UntranslatableCharacter, errors.InvalidTextRepresentation)
+
 # Serialises writers of one (user, content type, key): the replacement below cannot be a
 # unique constraint on a table partitioned by created_at.
 LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(%s || '/' || %s || '/' || %s, 0))"
@@ -82,8 +89,9 @@ WITH replaced AS (
     RETURNING expires_at > now() AS was_live
 ), stored AS (
     INSERT INTO infinite_pages_cache_partitioned
-           (user_id, content_type, cache_key, content, metadata, token_count, cost_usd, model, expires_at)
-    VALUES (%(user)s, %(ct)s, %(key)s, %(content)s::jsonb, %(metadata)s::jsonb,
+           (user_id, content_type, cache_key, content, metadata, content_raw, metadata_raw,
+            token_count, cost_usd, model, expires_at)
+    VALUES (%(user)s, %(ct)s, %(key)s, %(content)s::jsonb, %(metadata)s::jsonb, %(content_raw)s, %(metadata_raw)s,
             %(tokens)s, %(cost)s, %(model)s, now() + make_interval(secs => %(ttl)s))
     RETURNING {ENTRY_COLUMNS}
 ), audit AS (
@@ -302,12 +310,12 @@ class CacheStore:
         what makes retrying it safe. A month with no partition yet is created through
         ensure_monthly_partitions() and the write retried once.
         """
+        content, metadata = bytes(body.content).decode(), bytes(body.metadata).decode()
         params = {
             "user": actor.user_id,
             "ct": content_type,
             "key": key,
-            "content": bytes(body.content).decode(),
-            "metadata": bytes(body.metadata).decode(),
+            **_json_columns(content, metadata),
             "tokens": body.token_count,
             "cost": body.cost_usd,
             "model": body.model,
@@ -320,15 +328,24 @@ class CacheStore:
         # a retry after a lost COMMIT would answer 404 / 0 for work that was done.
         statements = [(LOCK_KEY, (str(actor.user_id), content_type, key)), (PUT, params)]
         try:
-            results = await self._write(actor.user_id, statements)
-        except errors.CheckViolation as exc:
-            if "no partition of relation" not in str(exc):
+            results = await self._put_healing(actor.user_id, statements)
+        except JSONB_REFUSALS:  # what rawjson.py leaves to PostgreSQL: numbers beyond numeric
+            if params["content_raw"] is not None and params["metadata_raw"] is not None:
                 raise
-            await self.ensure_partitions(actor.user_id)
-            results = await self._write(actor.user_id, statements)
+            params |= _json_columns(content, metadata, as_text=True)
+            results = await self._put_healing(actor.user_id, statements)
         row = results[1][0]
         _, entry = _entry(row)
         return entry, bool(row[12]), _token(results)
+
+    async def _put_healing(self, user_id: uuid.UUID, statements: list[tuple[str, object]]) -> list[list[tuple]]:
+        try:
+            return await self._write(user_id, statements)
+        except errors.CheckViolation as exc:
+            if "no partition of relation" not in str(exc):
+                raise
+            await self.ensure_partitions(user_id)
+            return await self._write(user_id, statements)
 
     async def ensure_partitions(self, user_id: uuid.UUID) -> None:
         await self._transaction(user_id, [("SELECT ensure_monthly_partitions(now())", None)])
@@ -356,6 +373,16 @@ class CacheStore:
             return await self._transaction(user_id, statements, retry=retry, then=WAL_POSITION)
         finally:
             self.router.wrote(user_id)
+
+
+def _json_columns(content: str, metadata: str, *, as_text: bool = False) -> dict[str, str | None]:
+    """jsonb where jsonb takes the JSON; else a placeholder there and the text verbatim in ``*_raw``."""
+    columns: dict[str, str | None] = {}
+    for name, text, placeholder in (("content", content, "null"), ("metadata", metadata, "{}")):
+        raw = as_text or rawjson.jsonb_refuses(text)
+        columns[name] = placeholder if raw else text
+        columns[f"{name}_raw"] = text if raw else None
+    return columns
 
 
 def _token(results: list[list[tuple]]) -> str:
