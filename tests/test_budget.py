@@ -56,6 +56,8 @@ def requests(stack) -> list[tuple[str, str, str, dict | None, dict]]:
         ("lookup", "POST", "/v1/cache/lookup", {"items": [{"contentType": "chapter", "key": "k1"}]}, user),
         ("features", "GET", "/v1/features/7", None, service),
         ("features_lookup", "POST", "/v1/features/lookup", {"entityKeys": ["7", "8"]}, service),
+        ("features_stats", "GET", "/v1/features/_stats", None, service),
+        ("stats", "GET", "/v1/cache/stats", None, user),
     ]
 
 

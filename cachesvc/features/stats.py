@@ -67,10 +67,10 @@ def report(schema: str, rows: Sequence[Sequence]) -> FeatureStatsResponse:
     )
 
 
-async def collect(pool, schema: str) -> FeatureStatsResponse:
-    async with pool.connection() as conn:
-        cur = await conn.execute(QUERY, (schema,))
-        return report(schema, await cur.fetchall())
+async def collect(reader, schema: str) -> FeatureStatsResponse:
+    """Through the reader's transaction runner: the request's budget and retry, read only."""
+    (rows,) = await reader.transactions.run(reader.pool, [(QUERY, (schema,))], read_only=True)
+    return report(schema, rows)
 
 
 def collect_sync(conn, schema: str) -> FeatureStatsResponse:
