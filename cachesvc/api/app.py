@@ -8,7 +8,6 @@ import functools
 import hashlib
 import logging
 import time
-import uuid
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -30,6 +29,7 @@ from cachesvc.features.service import FeatureService
 from cachesvc.replica import ReplicaMonitor
 from cachesvc.routing import ReadRouter
 from cachesvc.settings import Settings
+from cachesvc.transaction import Budget, start_budget
 
 log = logging.getLogger("cachesvc.api")
 
@@ -40,8 +40,8 @@ def endpoint(handler, route: str):
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         started = time.perf_counter()
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = rid
+        start_budget(request.app.state.settings.request_timeout_s)  # all of its database work
+        rid = errors.assign_request_id(request)
         metrics: Metrics = request.app.state.metrics
         try:
             response = await handler(request)
@@ -74,14 +74,19 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+SCHEMA_REVISION = "SELECT version_num FROM alembic_version"
+READY_BUDGET_S = 2.0  # a load balancer's probe must not wait as long as a request may
+
+
 async def readyz(request: Request) -> Response:
     state = request.app.state
     checks = {"pool": False, "schema": False}
     try:
-        async with state.pool.connection(timeout=2) as conn:
-            checks["pool"] = True
-            row = await (await conn.execute("SELECT version_num FROM alembic_version")).fetchone()
-            checks["schema"] = bool(row) and row[0] == state.expected_revision
+        (rows,) = await state.store.transactions.run(
+            state.pool, [(SCHEMA_REVISION, None)], read_only=True, retry=False, budget=Budget(READY_BUDGET_S)
+        )
+        checks["pool"] = True
+        checks["schema"] = bool(rows) and rows[0][0] == state.expected_revision
     except Exception as exc:  # readiness reports, it never raises
         log.warning("readiness check failed: %s", exc)
     features = state.features.readiness.status()  # warm-up and its probe (cachesvc.features.readiness)
@@ -120,25 +125,30 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def route(path: str, handler, method: str, *, template: str | None = None) -> Route:
-    return Route(path, endpoint(handler, template or path), methods=[method])
+def route(path: str, *, template: str | None = None, **handlers) -> Route:
+    """One route per path with all its methods (``GET=...``), so that a 405's Allow names them all."""
+
+    async def by_method(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    by_method.__name__ = "_".join(h.__name__ for h in handlers.values())
+    return Route(path, endpoint(by_method, template or path), methods=list(handlers))
 
 
 ENTRY = "/v1/cache/{contentType}/{key}"
 ROUTES = [
-    route("/healthz", healthz, "GET"),
-    route("/readyz", readyz, "GET"),
-    route("/metrics", metrics_endpoint, "GET"),
-    route("/openapi.json", openapi_document, "GET"),
-    route("/v1/cache/stats", cache.stats, "GET"),
-    route("/v1/cache/lookup", cache.lookup, "POST"),
-    route("/v1/cache", cache.erase, "DELETE"),
-    route("/v1/cache/{content_type}/{key:path}", cache.get_entry, "GET", template=ENTRY),
-    route("/v1/cache/{content_type}/{key:path}", cache.put_entry, "PUT", template=ENTRY),
-    route("/v1/cache/{content_type}/{key:path}", cache.delete_entry, "DELETE", template=ENTRY),
-    route("/v1/features/_stats", feature_routes.table_stats, "GET"),
-    route("/v1/features/lookup", feature_routes.lookup, "POST"),
-    route("/v1/features/{entityKey}", feature_routes.get_features, "GET"),
+    route("/healthz", GET=healthz),
+    route("/readyz", GET=readyz),
+    route("/metrics", GET=metrics_endpoint),
+    route("/openapi.json", GET=openapi_document),
+    route("/v1/cache/stats", GET=cache.stats),
+    route("/v1/cache/lookup", POST=cache.lookup),
+    route("/v1/cache", DELETE=cache.erase),
+    route("/v1/cache/{content_type}/{key:path}", template=ENTRY,
+          GET=cache.get_entry, PUT=cache.put_entry, DELETE=cache.delete_entry),
+    route("/v1/features/_stats", GET=feature_routes.table_stats),
+    route("/v1/features/lookup", POST=feature_routes.lookup),
+    route("/v1/features/{entityKey}", GET=feature_routes.get_features),
 ]
 
 
@@ -165,13 +175,13 @@ async def stop_replica(state, monitor: asyncio.Task | None) -> None:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    settings.require_jwt_secret()  # refuse to start rather than accept no (or any) token
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         state = app.state
         state.settings = settings
         state.expected_revision = migrations.head_revision()
-        state.openapi = openapi.document_bytes()
         state.access_log = AccessLog(settings.log_format) if settings.access_log else None
         state.metrics = Metrics()
         state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
@@ -191,13 +201,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         monitor = await start_replica(state)
         try:
             state.features = state.metrics.features = await FeatureService.open(
-                state.pool, settings, state.router, state.read_pool
+                state.pool, settings, state.router, state.read_pool,
+                on_retry=lambda: state.metrics.retries.labels("features").inc(),
             )
         except CatalogError as exc:
             log.error("refusing to start: %s", exc)
             await stop_replica(state, monitor)
             await state.pool.close()
             raise
+        state.openapi = openapi.document_bytes(settings, list(state.features.catalog.tables))
         flusher = asyncio.create_task(state.counters.run(state.pool, settings.flush_interval_s, state.metrics))
         log.info("ready to serve", extra={"fields": {"pool": settings.pool_size, "replica": state.replica is not None}})
         try:
@@ -220,7 +232,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 state.access_log.flush()
 
     async def not_found(request: Request, exc) -> Response:
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        return await errors.on_http_exception(request, exc)
+        rid = errors.assign_request_id(request)
+        response = await errors.on_http_exception(request, exc)
+        response.headers["x-request-id"] = rid
+        return response
 
-    return Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+    app.router.redirect_slashes = False  # a key ".." normalised away must find no route, never a redirect
+    return app

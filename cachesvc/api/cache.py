@@ -10,12 +10,13 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cachesvc import keys
 from cachesvc.api.errors import ApiError, validation_error
 from cachesvc.api.identity import acting_user
 from cachesvc.cache import models
 from cachesvc.cache.store import Actor, CacheStore
 from cachesvc.ratelimit import retry_after
-from cachesvc.replica import parse_lsn
+from cachesvc.replica import LSN_RE, parse_lsn
 from cachesvc.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
@@ -50,6 +51,8 @@ def _after_lsn(request: Request) -> int | None:
     if token is None:
         return None
     try:
+        if not LSN_RE.fullmatch(token):
+            raise ValueError(token)
         return parse_lsn(token)
     except ValueError:
         raise validation_error("X-Consistency-Token must be a token a write returned", "X-Consistency-Token") from None
@@ -60,17 +63,39 @@ def _with_token(response: Response, token: str) -> Response:
     return response
 
 
+def check_content_type(value: str, field: str) -> None:
+    if not models.is_content_type(value):
+        raise validation_error(f"{field} must match {models.CONTENT_TYPE_RE.pattern}", field)
+
+
+def check_key(value: str, field: str) -> None:
+    if not models.is_valid_key(value):
+        raise validation_error(f"{field} must be {keys.DESCRIPTION}", field)
+
+
 def _path_params(request: Request) -> tuple[str, str]:
     content_type = request.path_params["content_type"]
     key = request.path_params["key"]
-    if not models.CONTENT_TYPE_RE.match(content_type):
-        raise validation_error("contentType must match ^[a-z][a-z0-9_]{0,63}$", "contentType")
-    if not models.is_valid_key(key):
-        raise validation_error(f"key must be 1-{models.MAX_KEY_LENGTH} printable characters", "key")
+    check_content_type(content_type, "contentType")
+    check_key(key, "key")
     return content_type, key
 
 
+def _is_json(media_type: str) -> bool:
+    """``application/json`` or ``*/*+json``, in UTF-8 (the only encoding JSON has, RFC 8259)."""
+    essence, *params = (part.strip().lower() for part in media_type.split(";"))
+    kind, _, subtype = essence.partition("/")
+    if not kind or not (subtype == "json" and kind == "application" or subtype.endswith("+json")):
+        return False
+    charsets = [p.partition("=")[2].strip('"') for p in params if p.partition("=")[0].strip() == "charset"]
+    return all(charset == "utf-8" for charset in charsets)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
+    """The JSON body: a body without Content-Type is read as JSON, any other media type is a 415."""
+    media_type = request.headers.get("content-type")
+    if media_type is not None and not _is_json(media_type):
+        raise ApiError(415, "unsupported_media_type", "the body must be JSON: Content-Type application/json")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
@@ -87,6 +112,10 @@ def decode(body: bytes, type_):
     if not body:
         raise validation_error("request body is empty; a JSON object is expected")
     try:
+        body.decode("utf-8")  # msgspec.Raw skips over strings without checking their UTF-8
+    except UnicodeDecodeError as exc:
+        raise validation_error(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         message = str(exc)
@@ -96,6 +125,8 @@ def decode(body: bytes, type_):
         raise validation_error(message, field) from None
     except msgspec.DecodeError as exc:
         raise validation_error(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise validation_error("JSON nested too deeply") from None
 
 
 async def get_entry(request: Request) -> Response:
@@ -116,7 +147,8 @@ async def put_entry(request: Request) -> Response:
     body = decode(await read_body(request, settings.max_body_bytes), models.PutEntry)
     if not models.is_json_object(body.metadata):
         raise validation_error("metadata must be a JSON object", "metadata")
-    ttl = settings.default_ttl_s if body.ttl_seconds is None else body.ttl_seconds
+    ttl = settings.default_ttl_s if body.ttl_seconds is None else int(body.ttl_seconds)
+    body = msgspec.structs.replace(body, token_count=int(body.token_count))
     if ttl > settings.max_ttl_s:
         raise validation_error(f"ttlSeconds must be at most {settings.max_ttl_s}", "ttlSeconds")
     entry, replaced, token = await store.put(actor, content_type, key, body, ttl)
@@ -138,8 +170,8 @@ async def lookup(request: Request) -> Response:
     actor = _actor(request, settings)
     body = decode(await read_body(request, settings.max_body_bytes), models.LookupRequest)
     for index, item in enumerate(body.items):
-        if not models.is_valid_key(item.key):
-            raise validation_error(f"key must be 1-{models.MAX_KEY_LENGTH} printable characters", f"items[{index}].key")
+        check_content_type(item.content_type, f"items[{index}].contentType")
+        check_key(item.key, f"items[{index}].key")
     entries = await store.lookup(actor.user_id, body.items, after_lsn=_after_lsn(request))
     for item, entry in zip(body.items, entries):
         request.app.state.metrics.lookup(item.content_type, entry is not None)

@@ -6,6 +6,8 @@ Nothing else ever leaves the service on failure: no stack trace, no driver messa
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 import msgspec
 import psycopg
@@ -34,6 +36,18 @@ def request_id(request: Request) -> str:
     return getattr(request.state, "request_id", "")
 
 
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def assign_request_id(request: Request) -> str:
+    """The caller's X-Request-Id if it is a short plain token, else a new one: it is echoed and
+    written into logs and audit rows."""
+    sent = request.headers.get("x-request-id")
+    rid = sent if sent is not None and REQUEST_ID_RE.fullmatch(sent) else uuid.uuid4().hex
+    request.state.request_id = rid
+    return rid
+
+
 def error_response(request: Request, status: int, code: str, message: str, *, field=None, headers=None) -> Response:
     body = ErrorBody(error=ErrorDetail(code=code, message=message, request_id=request_id(request), field=field))
     return Response(msgspec.json.encode(body), status_code=status, media_type="application/json", headers=headers)
@@ -43,7 +57,7 @@ async def on_api_error(request: Request, exc: ApiError) -> Response:
     return error_response(request, exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers)
 
 
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
 async def on_http_exception(request: Request, exc: HTTPException) -> Response:

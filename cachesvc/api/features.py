@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cachesvc.api.cache import decode, json_response, read_body
+from cachesvc.api.cache import check_key, decode, json_response, read_body
 from cachesvc.api.errors import ApiError, validation_error
 from cachesvc.api.identity import authenticate
 from cachesvc.features import models, stats as feature_stats
@@ -42,18 +42,22 @@ def _tables(features: FeatureService, names: list[str] | None) -> list[FeatureTa
 
 
 def _tables_param(request: Request) -> list[str] | None:
+    """``tables=a,b`` as the OpenAPI says (form style; spaces around a name are ignored):
+    absent means all, an empty name is refused."""
     raw = request.query_params.get("tables")
-    if raw is None or not raw.strip():
+    if raw is None:
         return None
-    return [name.strip() for name in raw.split(",") if name.strip()]
+    names = [name.strip() for name in raw.split(",")]
+    if "" in names:
+        raise validation_error("tables must be comma-separated feature table names, none empty", "tables")
+    return names
 
 
 async def get_features(request: Request) -> Response:
     features, settings = _context(request)
     _authorize(request, settings)
     key = request.path_params["entityKey"]
-    if not models.is_valid_key(key):
-        raise validation_error(f"entityKey must be 1-{models.MAX_KEY_LENGTH} printable characters", "entityKey")
+    check_key(key, "entityKey")
     tables = _tables(features, _tables_param(request))
     (found,) = await features.lookup([key], tables)
     features.hot_keys.record([key])
@@ -65,10 +69,7 @@ async def lookup(request: Request) -> Response:
     _authorize(request, settings)
     body = decode(await read_body(request, settings.max_body_bytes), models.FeatureLookupRequest)
     for index, key in enumerate(body.entity_keys):
-        if not models.is_valid_key(key):
-            raise validation_error(
-                f"entityKeys must be 1-{models.MAX_KEY_LENGTH} printable characters", f"entityKeys[{index}]"
-            )
+        check_key(key, f"entityKeys[{index}]")
     tables = _tables(features, body.tables)
     found = await features.lookup(body.entity_keys, tables)
     features.hot_keys.record(body.entity_keys)
@@ -79,4 +80,4 @@ async def lookup(request: Request) -> Response:
 async def table_stats(request: Request) -> Response:
     features, settings = _context(request)
     _authorize(request, settings)
-    return json_response(await feature_stats.collect(features.reader.pool, features.catalog.schema))
+    return json_response(await feature_stats.collect(features.reader, features.catalog.schema))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from starlette.requests import Request
@@ -12,6 +13,7 @@ from cachesvc.cache.store import Actor
 from cachesvc.settings import Settings
 
 USER_HEADER = "x-cache-user"
+UUID_RE = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 
 
 def authenticate(request: Request, settings: Settings) -> auth.Principal:
@@ -30,21 +32,21 @@ def authenticate(request: Request, settings: Settings) -> auth.Principal:
 def acting_user(request: Request, settings: Settings) -> Actor:
     """A user token acts only as its ``sub``; a service token must name the user."""
     principal = authenticate(request, settings)
-    named = request.headers.get(USER_HEADER)
+    named = request.headers.get(USER_HEADER)  # present but empty is a 400, never "absent"
     if principal.is_service:
-        if not named:
+        if named is None:
             raise validation_error("a service_role token must name the user in the X-Cache-User header", "X-Cache-User")
         return Actor(_parse_user(named), f"service_role:{principal.subject}", request_id(request))
     if principal.role != "authenticated":
         raise ApiError(403, "forbidden", f"role {principal.role!r} may not use the cache")
     user = uuid.UUID(principal.subject)
-    if named and _parse_user(named) != user:
+    if named is not None and _parse_user(named) != user:
         raise ApiError(403, "forbidden", "a user token acts only for its own user")
     return Actor(user, "user", request_id(request))
 
 
 def _parse_user(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise validation_error("X-Cache-User must be a user uuid", "X-Cache-User") from None
+    """The hyphenated form only, as the OpenAPI's ``format: uuid`` says (uuid.UUID reads more)."""
+    if not UUID_RE.fullmatch(value):
+        raise validation_error("X-Cache-User must be a user uuid (8-4-4-4-12 hex digits)", "X-Cache-User")
+    return uuid.UUID(value)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Sequence
 
 import msgspec
 
-from cachesvc import __version__
+from cachesvc import __version__, keys
 from cachesvc.cache import models
 from cachesvc.features import models as feature_models
+from cachesvc.replica import LSN_RE
+from cachesvc.settings import Settings
 
 REF = "#/components/schemas/{name}"
 
@@ -17,6 +19,8 @@ ERRORS = {
     "401": "unauthorized: missing, malformed, forged, expired or unsigned bearer token",
     "403": "forbidden: the token may not act for this user",
     "413": "payload_too_large: body over the configured limit",
+    "415": "unsupported_media_type: a body that is not application/json (or */*+json) in UTF-8; "
+           "a body without Content-Type is read as JSON",
     "429": "rate_limited: too many requests for this user (see Retry-After)",
     "503": "unavailable: the database cannot be reached right now (see Retry-After)",
 }
@@ -34,12 +38,15 @@ def _common(*extra: str) -> dict:
     return _errors("400", "401", "403", "429", "503", *extra)
 
 
+BODY_ERRORS = ("413", "415")
+KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": keys.MAX_LENGTH, "pattern": keys.PATTERN}
+
+
 ENTRY_PARAMS = [
     {"name": "contentType", "in": "path", "required": True,
      "schema": {"type": "string", "pattern": models.CONTENT_TYPE_RE.pattern}},
-    {"name": "key", "in": "path", "required": True,
-     "schema": {"type": "string", "minLength": 1, "maxLength": models.MAX_KEY_LENGTH},
-     "description": "URL-encoded; may contain '/'"},
+    {"name": "key", "in": "path", "required": True, "schema": KEY_SCHEMA,
+     "description": f"URL-encoded; may contain '/'. {keys.DESCRIPTION}"},
 ]
 USER_HEADER = {
     "name": "X-Cache-User", "in": "header", "required": False, "schema": {"type": "string", "format": "uuid"},
@@ -47,12 +54,13 @@ USER_HEADER = {
 }
 MISS = {"404": _json("ErrorBody", "cache_miss: no live entry (expired entries are misses)")}
 CONSISTENCY_PARAM = {
-    "name": "X-Consistency-Token", "in": "header", "required": False, "schema": {"type": "string"},
+    "name": "X-Consistency-Token", "in": "header", "required": False,
+    "schema": {"type": "string", "pattern": LSN_RE.pattern, "examples": ["0/1A2B3C8"]},
     "description": "A token a write returned: the read then sees that write, whichever service instance made it.",
 }
 CONSISTENCY_HEADERS = {"X-Consistency-Token": {
     "description": "Send it back with reads that must see this write (from any service instance).",
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "pattern": LSN_RE.pattern},
 }}
 
 
@@ -65,16 +73,24 @@ FEATURE_ERRORS = {
     "403": _json("ErrorBody", "forbidden: only service_role tokens may read features (unless opened to user tokens)"),
     **_errors("503"),
 }
-FEATURE_PATHS = {
+def _table_names(tables: Sequence[str]) -> dict:
+    """The feature tables this service serves (its catalog at start-up)."""
+    return {"enum": list(tables)} if tables else {"type": "string", "pattern": feature_models.TABLE_NAME_PATTERN}
+
+
+def feature_paths(tables: Sequence[str]) -> dict:
+    return {
     "/v1/features/{entityKey}": {
         "get": {
             "operationId": "getFeatures", "summary": "One entity's features from every table (or the tables named)",
             "parameters": [
                 {"name": "entityKey", "in": "path", "required": True,
-                 "schema": {"type": "string", "minLength": 1, "maxLength": feature_models.MAX_KEY_LENGTH},
-                 "description": "URL-encoded, without '/' (use POST /v1/features/lookup for such keys)"},
-                {"name": "tables", "in": "query", "required": False, "schema": {"type": "string"},
-                 "description": "comma-separated feature tables (default: all); an unknown table is a 400 naming it"},
+                 "schema": KEY_SCHEMA | {"pattern": keys.SEGMENT_PATTERN},
+                 "description": f"URL-encoded, without '/' (use POST /v1/features/lookup for such keys). {keys.DESCRIPTION}"},
+                {"name": "tables", "in": "query", "required": False, "style": "form", "explode": False,
+                 "schema": {"type": "array", "minItems": 1, "items": _table_names(tables)},
+                 "description": "comma-separated feature tables, e.g. tables=a,b (default: all); "
+                                "an unknown table is a 400 naming it"},
             ],
             "responses": {"200": _json("FeatureVector", "each table's row for the key, null where it has none"), **FEATURE_ERRORS},
         },
@@ -83,7 +99,7 @@ FEATURE_PATHS = {
         "post": {
             "operationId": "lookupFeatures", "summary": "Features of up to 100 entities in one round trip",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name="FeatureLookupRequest")}}}},
-            "responses": {"200": _json("FeatureLookupResponse", "results in request order"), **FEATURE_ERRORS, **_errors("413")},
+            "responses": {"200": _json("FeatureLookupResponse", "results in request order"), **FEATURE_ERRORS, **_errors(*BODY_ERRORS)},
         },
     },
     "/v1/features/_stats": {
@@ -92,10 +108,10 @@ FEATURE_PATHS = {
             "responses": {"200": _json("FeatureStatsResponse", "figures and warnings"), **FEATURE_ERRORS},
         },
     },
-}
+    }
 
 
-def document() -> dict:
+def document(settings: Settings, tables: Sequence[str] = ()) -> dict:
     _, components = msgspec.json.schema_components(
         [models.CacheEntry, models.PutEntry, models.LookupRequest, models.LookupResponse,
          models.EraseResponse, models.StatsResponse, models.ErrorBody,
@@ -103,6 +119,9 @@ def document() -> dict:
          feature_models.FeatureLookupResponse, feature_models.FeatureStatsResponse],
         ref_template=REF,
     )
+    ttl = components["PutEntry"]["properties"]["ttlSeconds"]["anyOf"][0]
+    ttl["maximum"] = settings.max_ttl_s  # the configured CACHESVC_MAX_TTL_S
+    components["FeatureLookupRequest"]["properties"]["tables"]["anyOf"][0]["items"] = _table_names(tables)
     paths = {
         "/v1/cache/{contentType}/{key}": {
             "parameters": [*ENTRY_PARAMS, USER_HEADER],
@@ -117,7 +136,7 @@ def document() -> dict:
                 "responses": {
                     "200": _written(_json("CacheEntry", "replaced the live entry")),
                     "201": _written(_json("CacheEntry", "stored a new entry")),
-                    **_common("413"),
+                    **_common(*BODY_ERRORS),
                 },
             },
             "delete": {
@@ -131,7 +150,7 @@ def document() -> dict:
                 "operationId": "lookupEntries", "summary": "Look up to 100 entries in one round trip",
                 "parameters": [CONSISTENCY_PARAM],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name="LookupRequest")}}}},
-                "responses": {"200": _json("LookupResponse", "results in request order"), **_common("413")},
+                "responses": {"200": _json("LookupResponse", "results in request order"), **_common(*BODY_ERRORS)},
             },
         },
         "/v1/cache": {
@@ -148,7 +167,7 @@ def document() -> dict:
                 "responses": {"200": _json("StatsResponse", "statistics"), **_common()},
             },
         },
-        **FEATURE_PATHS,
+        **feature_paths(tables),
         "/healthz": {"get": {"operationId": "healthz", "security": [], "summary": "Process alive",
                              "responses": {"200": {"description": "alive"}}}},
         "/metrics": {"get": {"operationId": "metrics", "security": [], "summary": "Prometheus metrics",
@@ -171,6 +190,5 @@ def document() -> dict:
     }
 
 
-@lru_cache(maxsize=1)
-def document_bytes() -> bytes:
-    return msgspec.json.encode(document())
+def document_bytes(settings: Settings, tables: Sequence[str] = ()) -> bytes:
+    return msgspec.json.encode(document(settings, tables))

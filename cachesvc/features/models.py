@@ -10,12 +10,16 @@ from typing import Annotated
 
 import msgspec
 
+from cachesvc import keys
 from cachesvc.features.reader import MAX_KEYS
 
-MAX_KEY_LENGTH = 512
+MAX_KEY_LENGTH = keys.MAX_LENGTH
 
-EntityKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH, description="1-512 printable characters")]
-TableName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="a feature table")]
+EntityKey = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH, pattern=keys.PATTERN, description=keys.DESCRIPTION)
+]
+TABLE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+TableName = Annotated[str, msgspec.Meta(pattern=TABLE_NAME_PATTERN, description="a feature table")]
 FeatureRow = Annotated[
     msgspec.Raw,
     msgspec.Meta(
@@ -70,6 +74,3 @@ class FeatureStatsResponse(Struct):
     tables: list[FeatureTableStats]
     warnings: list[str]
 
-
-def is_valid_key(key: str) -> bool:
-    return 1 <= len(key) <= MAX_KEY_LENGTH and key.isprintable()
