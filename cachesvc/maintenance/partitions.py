@@ -6,12 +6,13 @@ import datetime as dt
 
 from psycopg import sql
 
-from cachesvc.maintenance.runner import Run, UsageError, fault_point
+from cachesvc.maintenance.runner import AUDIT_LOCK, Run, UsageError, fault_point
 
 CACHE = "infinite_pages_cache_partitioned"
 AUDIT = "cache_audit_log"
 CREATORS = {CACHE: "create_monthly_cache_partition", AUDIT: "create_monthly_audit_partition"}
 PREFIXES = {CACHE: "infinite_pages_cache", AUDIT: "cache_audit_log"}
+AUDIT_BUSY = "an audit archive or restore holds the audit lock: the month is left to it"
 
 
 def month_start(day: dt.date) -> dt.date:
@@ -86,11 +87,13 @@ def retire(run: Run) -> None:
     Never the current month, never a month with a live row. Each month goes in three
     steps, each safe to interrupt: DETACH … CONCURRENTLY (two short transactions that do
     not block the service's reads and writes), a second look for live rows (re-attach if
-    any appeared), then DROP.
+    any appeared), then DROP. Audit months only under the audit lock: while an archive or
+    a restore holds it, they are theirs, and skipped here.
     """
     now = run.conn.execute("SELECT now()").fetchone()[0]
     retired, kept, skipped = [], [], []
     done_archives = archived_months(run)
+    audit_held = run.holds(AUDIT_LOCK)
     for parent in (CACHE, AUDIT):
         for name, start, end, pending in existing(run, parent):
             if end is None or end > now:
@@ -99,6 +102,9 @@ def retire(run: Run) -> None:
                 if _has_live_rows(run, name):
                     kept.append({"partition": name, "reason": "has live rows"})
                     continue
+            elif not audit_held:
+                skipped.append({"partition": name, "reason": AUDIT_BUSY})
+                continue
             elif name not in done_archives:
                 skipped.append({"partition": name, "reason": "not archived yet"})
                 continue
@@ -121,6 +127,9 @@ def retire(run: Run) -> None:
     # A run killed between DETACH and DROP leaves a detached month behind: finish it.
     for name in _detached_leftovers(run):
         is_cache = name.startswith(PREFIXES[CACHE] + "_y")
+        if not is_cache and not audit_held:
+            skipped.append({"partition": name, "reason": AUDIT_BUSY})
+            continue
         safe = not _has_live_rows(run, name) if is_cache else name in done_archives
         if safe and not run.dry_run:
             run.conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))

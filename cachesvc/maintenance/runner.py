@@ -3,7 +3,9 @@
 * One direct connection (``CACHESVC_ADMIN_DATABASE_URL``, never PgBouncer: ``DETACH …
   CONCURRENTLY`` and session advisory locks need a session of their own), autocommit, with
   ``lock_timeout`` and ``statement_timeout`` so maintenance never stalls the service for long.
-* A session advisory lock per command: a second concurrent run exits 0 saying so.
+* Session advisory locks, one per set of objects (``LOCKS``): a command takes the lock of
+  every set it changes, so two commands that touch the same objects never run at once, and
+  a second concurrent run exits 0 saying so.
 * Transient connection errors retried with bounded exponential backoff; the commands are
   idempotent, so re-running the body is safe.
 * A JSON summary on stdout, progress on stderr when it is a terminal, a summary row in
@@ -34,6 +36,51 @@ class UsageError(Exception):
     """The command was asked for something it cannot do (exit 2)."""
 
 
+# The sets of objects that maintenance changes, each guarded by one session advisory lock
+# ``cachesvc.maintenance.<name>``.
+PARTITIONS_LOCK = "partitions"  # months made ahead, past cache months dropped
+AUDIT_LOCK = "audit"  # past audit months and their archive files: export, detach, drop, restore
+CLEANUP_LOCK = "cleanup"  # expired cache rows, deleted in batches through the parent
+
+
+@dataclass(frozen=True)
+class Locks:
+    """The locks a command takes before its body runs.
+
+    All of ``required``, or the command does nothing and exits 0 saying which lock is held.
+    Each of ``optional`` if it is free; if not, the body skips the work under it (and says
+    so, see ``Run.holds``) instead of racing the command that holds it.
+    """
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+
+# Two commands that touch the same objects take the same lock (docs: Operations).
+# cleanup and `partitions retire` both reach cache months, but never conflict: cleanup
+# deletes only expired rows through the parent, retire drops only months with no live row
+# (checked again after DETACH), and PostgreSQL's own locks order DETACH/DROP after a batch.
+# Sharing a lock would make the daily retire step aside whenever the hourly cleanup runs.
+LOCKS: dict[str, Locks] = {
+    "partitions ensure": Locks((PARTITIONS_LOCK,)),
+    "partitions retire": Locks((PARTITIONS_LOCK,), optional=(AUDIT_LOCK,)),
+    "cleanup": Locks((CLEANUP_LOCK,)),
+    "audit archive": Locks((AUDIT_LOCK,)),
+    "audit restore": Locks((AUDIT_LOCK,)),
+    "verify": Locks(("verify",)),  # read only: only against a second verify
+    "health partitions": Locks(("health",)),  # read only
+}
+
+
+def lock_key(name: str) -> str:
+    return f"cachesvc.maintenance.{name}"
+
+
+def takers(name: str) -> list[str]:
+    """The commands that take lock ``name``."""
+    return [command for command, locks in LOCKS.items() if name in locks.required + locks.optional]
+
+
 @dataclass
 class Run:
     """The context a command body gets: its connection, its options, its report."""
@@ -44,6 +91,14 @@ class Run:
     dry_run: bool = False
     summary: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    held: frozenset[str] = frozenset()
+
+    def holds(self, lock: str) -> bool:
+        """Whether this run holds ``lock``; if not, the summary says who may hold it."""
+        if lock in self.held:
+            return True
+        self.summary.setdefault("locksNotHeld", {})[lock] = f"held by another run of {' or '.join(takers(lock))}"
+        return False
 
     def progress(self, message: str, done: int | None = None, total: int | None = None) -> None:
         if not sys.stderr.isatty():
@@ -80,6 +135,10 @@ def connect(settings: Settings) -> psycopg.Connection:
     return conn
 
 
+def _try_lock(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key(name),)).fetchone()[0]
+
+
 def record(conn: psycopg.Connection, command: str, status: str, details: dict) -> None:
     """The summary row every run leaves in the audit log (what health and alerts read)."""
     conn.execute(
@@ -106,13 +165,16 @@ def execute(
     delay = first_delay
     for attempt in range(1, attempts + 1):
         try:
-            with connect(settings) as conn:
-                lock_key = f"cachesvc.maintenance.{command.split()[0]}"
-                if not conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key,)).fetchone()[0]:
-                    _emit({"command": command, "status": "already_running",
-                           "message": f"another '{command.split()[0]}' run holds the lock; nothing done"})
+            with connect(settings) as conn:  # closing it releases every lock taken on it
+                locks = LOCKS.get(command, Locks((command.split()[0],)))
+                busy = next((name for name in locks.required if not _try_lock(conn, name)), None)
+                if busy is not None:
+                    _emit({"command": command, "status": "already_running", "lock": busy,
+                           "message": f"the '{busy}' lock is held by another run of"
+                                      f" {' or '.join(takers(busy)) or command}; nothing done"})
                     return EXIT_OK
-                run = Run(command, conn, settings, dry_run)
+                held = frozenset(locks.required) | {name for name in locks.optional if _try_lock(conn, name)}
+                run = Run(command, conn, settings, dry_run, held=held)
                 body(run)
                 if sys.stderr.isatty():
                     sys.stderr.write("\n")
