@@ -40,6 +40,8 @@ class VerifiedTokens:
     """
 
     def __init__(self, secret: str, audience: str, size: int = 10_000, ttl: float = 300.0) -> None:
+        if not secret:
+            raise ValueError("no JWT secret: a token signed with an empty key would verify")
         self.secret, self.audience, self.size, self.ttl = secret, audience, size, ttl
         self.entries: dict[str, tuple[Principal, float]] = {}
 
@@ -91,6 +93,8 @@ def mint(
     ttl_seconds: int = 3600,
 ) -> str:
     """A token shaped like a Supabase access token (for development and tests)."""
+    if not secret:
+        raise ValueError("no JWT secret to sign with")
     now = int(time.time())
     claims = {"sub": sub, "role": role, "aud": audience, "iat": now, "exp": now + ttl_seconds}
     return jwt.encode(claims, secret, algorithm="HS256")

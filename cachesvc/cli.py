@@ -72,17 +72,18 @@ def cmd_dev(args, settings: Settings) -> int:
     try:
         stack.start(log=lambda msg: _err(msg))
         feature_tables = features_cli.dev_demo(stack.url(localstack.SUPERUSER), settings, _err)
+        secret = settings.jwt_secret or stack.jwt_secret  # a configured one, else this home's random one
         env = stack.env() | {
             "CACHESVC_HOME": str(home),
-            "CACHESVC_JWT_SECRET": settings.jwt_secret,
+            "CACHESVC_JWT_SECRET": secret,
             "CACHESVC_PORT": str(settings.port),
         }
         os.environ.update(env)
         dev_settings = Settings.from_env()
         _write_env_file(home / "env", env, stack)
-        user_token = auth.mint(settings.jwt_secret, sub=DEV_USER_ID, audience=settings.jwt_audience, ttl_seconds=7 * 86400)
+        user_token = auth.mint(secret, sub=DEV_USER_ID, audience=settings.jwt_audience, ttl_seconds=7 * 86400)
         service_token = auth.mint(
-            settings.jwt_secret, sub="dev-service", role=auth.SERVICE_ROLE, audience=settings.jwt_audience, ttl_seconds=7 * 86400
+            secret, sub="dev-service", role=auth.SERVICE_ROLE, audience=settings.jwt_audience, ttl_seconds=7 * 86400
         )
         url = f"http://{settings.host}:{settings.port}"
         sys.stderr.write(
@@ -91,7 +92,8 @@ cachesvc development stack is up.
   service          {url}   (try: curl {url}/healthz)
   through PgBouncer {stack.url('cachesvc_app')}
   direct (admin)   {stack.url(localstack.SUPERUSER)}
-  JWT secret       {settings.jwt_secret}
+  JWT secret       {secret}
+                   (random, kept in {home / localstack.JWT_SECRET_FILE} unless CACHESVC_JWT_SECRET is set)
   user token       {user_token}
                    (sub {DEV_USER_ID}, valid 7 days)
   service token    {service_token}
@@ -153,7 +155,7 @@ def cmd_token(args, settings: Settings) -> int:
             _err(f"--sub must be a user uuid for role {args.role!r}")
             return EXIT_USAGE
     sys.stdout.write(
-        auth.mint(settings.jwt_secret, sub=args.sub, role=args.role, audience=settings.jwt_audience, ttl_seconds=args.ttl) + "\n"
+        auth.mint(settings.require_jwt_secret(), sub=args.sub, role=args.role, audience=settings.jwt_audience, ttl_seconds=args.ttl) + "\n"
     )
     return EXIT_OK
 
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", metavar="DIR", help="write pgbouncer.ini and userlist.txt (mode 600) into DIR")
     c.set_defaults(func=cmd_pgbouncer_config)
 
-    p = sub.add_parser("token", help="mint an HS256 JWT with the configured secret (development)")
+    p = sub.add_parser("token", help="mint an HS256 JWT with the configured secret (CACHESVC_JWT_SECRET; development)")
     p.add_argument("--sub", default=DEV_USER_ID, help="user uuid (any string for service_role)")
     p.add_argument("--role", default="authenticated", choices=["authenticated", "service_role"])
     p.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
@@ -256,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, settings)
     except KeyboardInterrupt:
         return EXIT_OK
+    except SettingsError as exc:  # a setting this command needs (e.g. the JWT secret) is missing
+        _err(str(exc))
+        return EXIT_USAGE
     except Exception as exc:
         from cachesvc.localstack import StackError
 

@@ -48,6 +48,8 @@ LOGINS = {
 SUPERUSER = "cachesvc_admin"
 # The login a standby streams WAL with: REPLICATION, nothing else (no superuser, no data).
 REPLICATOR = "cachesvc_replicator"
+# Under a persistent stack's home: its JWT secret (mode 0600), made on the first run.
+JWT_SECRET_FILE = "jwt-secret"
 
 
 class StackError(RuntimeError):
@@ -370,16 +372,18 @@ class LocalStack:
     bouncer: LocalPgBouncer | None = None
     standby: LocalStandby | None = None
     standby_ports: tuple[int, int] | None = None  # (PostgreSQL, PgBouncer) of the standby
+    # The HS256 secret of this stack's service and of the tokens minted for it: random, never built in.
+    jwt_secret: str = field(default_factory=lambda: new_jwt_secret())
 
     @classmethod
     def throwaway(cls, home: Path, **pg_conf: str) -> LocalStack:
-        """Free ports, fresh random passwords, durability off: for tests and benchmarks."""
+        """Free ports, fresh random passwords and JWT secret, durability off: for tests and benchmarks."""
         conf = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"} | pg_conf
         return cls(home, free_port(), free_port(), new_passwords(), conf)
 
     @classmethod
     def persistent(cls, home: Path, pg_port: int, bouncer_port: int) -> LocalStack:
-        """Kept across runs under ``home`` (``scripts/dev``); passwords made once and kept."""
+        """Kept across runs under ``home`` (``scripts/dev``); passwords and JWT secret made once and kept."""
         home.mkdir(parents=True, exist_ok=True)
         secrets_file = home / "passwords.json"
         if secrets_file.exists():
@@ -388,7 +392,10 @@ class LocalStack:
             passwords = new_passwords()
             secrets_file.touch(mode=0o600)
             secrets_file.write_text(json.dumps(passwords, indent=2))
-        return cls(home, pg_port, bouncer_port, passwords)
+        secret_file = home / JWT_SECRET_FILE
+        if not secret_file.exists():
+            _write_private(secret_file, new_jwt_secret() + "\n")
+        return cls(home, pg_port, bouncer_port, passwords, jwt_secret=secret_file.read_text().strip())
 
     def url(self, user: str, *, direct: bool = False, dbname: str = DATABASE, standby: bool = False) -> str:
         """A DSN of ``user``: through PgBouncer, or ``direct`` (the superuser always is);
@@ -409,6 +416,7 @@ class LocalStack:
             "CACHESVC_ADMIN_DATABASE_URL": self.url(SUPERUSER),
             "CACHESVC_MONITOR_DATABASE_URL": self.url("cachesvc_monitor"),
             "CACHESVC_PGBOUNCER_ADMIN_USERS": "cachesvc_monitor",
+            "CACHESVC_JWT_SECRET": self.jwt_secret,
         }
         if self.standby_ports is not None:
             env["CACHESVC_READ_DATABASE_URL"] = self.url("cachesvc_app", standby=True)
@@ -492,6 +500,18 @@ class LocalStack:
 
 def new_passwords() -> dict[str, str]:
     return {user: secrets.token_urlsafe(18) for user in [SUPERUSER, *LOGINS]}
+
+
+def new_jwt_secret() -> str:
+    return secrets.token_urlsafe(48)  # 384 random bits, 64 characters
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` readable by its owner only (mode 0600, whatever the umask), then fill it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _alive(pid: int) -> bool:

@@ -2,11 +2,13 @@
 
 Every secret-bearing variable may instead be given as ``<NAME>_FILE`` (a path whose
 contents, stripped, are the value), the way container orchestrators mount secrets.
-Defaults are for the local development stack that ``scripts/dev`` starts.
+Defaults are for the local development stack that ``scripts/dev`` starts, except the JWT
+secret: there is none built in, so a service nobody configured accepts no token at all.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -15,9 +17,16 @@ from urllib.parse import urlsplit
 
 PREFIX = "CACHESVC_"
 
-# The secret ``scripts/dev`` uses when none is given. Never valid outside development:
-# the service refuses to start with it when CACHESVC_ENV=production.
-DEV_JWT_SECRET = "cachesvc-development-secret-not-for-production-use"
+# RFC 7518 section 3.2: an HS256 key is at least as long as the hash output, 256 bits.
+MIN_JWT_SECRET_BYTES = 32
+
+# SHA-256 of JWT secrets that are public: this project's former built-in development secret,
+# and the Supabase CLI's local default and self-hosting example. Anyone can sign with them.
+PUBLISHED_JWT_SECRETS_SHA256 = frozenset({
+    "301fc0d5af9f486e18c4638f919dc0835b8223d9a0fc62e27b4e6c5e445ed167",
+    "a064b502e61d27e94b8717290e5e1b32e36720e9fbdf952ec81a84c07128cb37",
+    "1453cea2dc3799e9026e42b3e465e455256d5a149582e4c5b92d4c8d604731a2",
+})
 
 
 class SettingsError(ValueError):
@@ -30,7 +39,7 @@ def _setting(default, *, secret: bool = False, help: str = ""):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    env: str = _setting("development", help="development or production (production refuses the development JWT secret)")
+    env: str = _setting("development", help="development or production (a label: both need a configured JWT secret)")
     home: Path = _setting(Path(".cachesvc"), help="directory of the embedded local stack")
     host: str = _setting("127.0.0.1", help="address the HTTP service binds")
     port: int = _setting(8080, help="port the HTTP service binds")
@@ -87,7 +96,9 @@ class Settings:
         10000, help="SET LOCAL idle_in_transaction_session_timeout per request"
     )
 
-    jwt_secret: str = _setting(DEV_JWT_SECRET, secret=True, help="HS256 secret for JWTs")
+    jwt_secret: str = _setting(
+        "", secret=True, help="HS256 secret for JWTs, at least 32 bytes; required by serve and token (none is built in)"
+    )
     jwt_audience: str = _setting("authenticated", help="required 'aud' claim")
 
     default_ttl_s: int = _setting(7 * 86400, help="TTL of an entry stored without ttlSeconds")
@@ -155,10 +166,8 @@ class Settings:
     def validate(self) -> None:
         if self.env not in ("development", "production"):
             raise SettingsError(f"{PREFIX}ENV must be 'development' or 'production', not {self.env!r}")
-        if self.env == "production" and self.jwt_secret == DEV_JWT_SECRET:
-            raise SettingsError(f"{PREFIX}JWT_SECRET (or {PREFIX}JWT_SECRET_FILE) must be set in production")
-        if len(self.jwt_secret.encode()) < 32:
-            raise SettingsError(f"{PREFIX}JWT_SECRET must be at least 32 bytes for HS256")
+        if self.jwt_secret:
+            _check_jwt_secret(self.jwt_secret)
         if self.pool_size < 1:
             raise SettingsError(f"{PREFIX}POOL_SIZE must be at least 1")
         if not 1 <= self.default_ttl_s <= self.max_ttl_s:
@@ -197,6 +206,15 @@ class Settings:
         if self.read_your_writes_s < self.replica_max_lag_s:
             raise SettingsError(f"{PREFIX}READ_YOUR_WRITES_S must be at least {PREFIX}REPLICA_MAX_LAG_S")
 
+    def require_jwt_secret(self) -> str:
+        """The secret tokens are signed with, for whatever verifies or mints them."""
+        if not self.jwt_secret:
+            raise SettingsError(
+                f"no JWT secret configured: set {PREFIX}JWT_SECRET or {PREFIX}JWT_SECRET_FILE "
+                f"(the HS256 secret your tokens are signed with, at least {MIN_JWT_SECRET_BYTES} bytes)"
+            )
+        return self.jwt_secret
+
     def describe(self) -> dict[str, str]:
         """Every setting with secrets masked, for logs and ``cachesvc settings``."""
         out = {}
@@ -204,6 +222,15 @@ class Settings:
             value = str(getattr(self, f.name))
             out[PREFIX + f.name.upper()] = _mask(value) if f.metadata.get("secret") else value
         return out
+
+
+def _check_jwt_secret(secret: str) -> None:
+    if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise SettingsError(
+            f"{PREFIX}JWT_SECRET is {len(secret.encode())} bytes; HS256 needs at least {MIN_JWT_SECRET_BYTES} (256 bits)"
+        )
+    if hashlib.sha256(secret.encode()).hexdigest() in PUBLISHED_JWT_SECRETS_SHA256:
+        raise SettingsError(f"{PREFIX}JWT_SECRET is a published example secret that anyone can sign with; generate your own")
 
 
 def _lookup(environ: Mapping[str, str], name: str) -> str | None:

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from cachesvc import auth
-from cachesvc.settings import DEV_JWT_SECRET, Settings, SettingsError
+from cachesvc.settings import Settings, SettingsError
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
@@ -72,8 +72,8 @@ def test_settings_from_env_and_file(tmp_path):
     with pytest.raises(SettingsError, match="CACHESVC_POOL_SIZE"):
         Settings.from_env({"CACHESVC_POOL_SIZE": "many"})
     with pytest.raises(SettingsError, match="JWT_SECRET"):
-        Settings.from_env({"CACHESVC_ENV": "production"})
-    assert Settings.from_env({}).jwt_secret == DEV_JWT_SECRET
+        Settings.from_env({"CACHESVC_ENV": "production"}).require_jwt_secret()
+    assert Settings.from_env({}).jwt_secret == ""  # none built in
 
 
 def test_settings_command_masks_secrets(stack):

@@ -93,6 +93,7 @@ def test_dev_comes_up_prints_what_a_newcomer_needs_and_stops_cleanly(dev_home, t
         token = re.search(r"user token\s+(\S+)", printed).group(1)
         secret = re.search(r"JWT secret\s+(\S+)", printed).group(1)
         assert auth.verify(token, secret, "authenticated").role == "authenticated"
+        assert secret == (dev_home / "jwt-secret").read_text().strip()  # random per home, kept there (0600)
         env_file = (dev_home / "env").read_text()
         for name in ("CACHESVC_DATABASE_URL", "CACHESVC_ADMIN_DATABASE_URL", "CACHESVC_JWT_SECRET", "PGPORT"):
             assert f"export {name}=" in env_file
