@@ -46,6 +46,9 @@ class PoolCollector:
         lag = time.monotonic() - counters.last_flush_monotonic if counters else 0
         yield GaugeMetricFamily("cachesvc_counter_flush_lag_seconds", "seconds since hit counters were last flushed", value=lag)
         yield GaugeMetricFamily("cachesvc_counters_pending", "hit/stat counters not yet flushed", value=counters.pending if counters else 0)
+        yield CounterMetricFamily("cachesvc_counter_rows_rejected",
+                                  "hit/stat counters dropped as bad data the database refuses",
+                                  value=counters.rejected if counters else 0)
 
     def _pools(self):
         pools = self.metrics.pools

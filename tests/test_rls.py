@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import uuid
 
 import psycopg
@@ -179,9 +180,9 @@ def test_audit_log_is_append_only_for_own_user(app_conn, admin):
 
 def test_access_stats_only_through_function_and_only_own(app_conn, admin):
     a, b = uuid.uuid4(), uuid.uuid4()
-    flush = """SELECT record_cache_access(%s::timestamptz[], %s::uuid[], %s::text[], %s::bigint[],
+    flush = """SELECT recorded FROM record_cache_access(%s::timestamptz[], %s::uuid[], %s::text[], %s::bigint[],
                                           %s::bigint[], %s::bigint[], %s::numeric[])"""
-    batch = (["2026-11-23 10:17:00+00"] * 2, [a, b], ["chapter", "chapter"], [3, 1], [1, 0], [300, 50], [0.3, 0.05])
+    batch = ([dt.datetime.now(dt.UTC).replace(minute=17)] * 2, [a, b], ["chapter", "chapter"], [3, 1], [1, 0], [300, 50], [0.3, 0.05])
     with acting_as(app_conn, None):
         assert app_conn.execute(flush, batch).fetchone()[0] == 2
     with acting_as(app_conn, None):
@@ -209,7 +210,7 @@ def test_hit_counts_flush_across_users(app_conn, admin):
     ra, rb = insert_entry(admin, a), insert_entry(admin, b)
     with acting_as(app_conn, None):
         updated = app_conn.execute(
-            "SELECT record_cache_hits(%s::bigint[], %s::timestamptz[], %s::bigint[], %s::timestamptz[])",
+            "SELECT updated FROM record_cache_hits(%s::bigint[], %s::timestamptz[], %s::bigint[], %s::timestamptz[])",
             ([ra[0], rb[0], -1], [ra[1], rb[1], ra[1]], [4, 2, 7], [ra[1], rb[1], ra[1]]),
         ).fetchone()[0]
     assert updated == 2  # the unknown id is skipped

@@ -119,6 +119,11 @@ WITH deleted AS (
 SELECT found FROM live
 """
 
+# An erase is two statements: cachesvc_begin_erasure() (the user's erasure lock, the erasure
+# time that counter flushes respect, audit keys redacted), then, with a snapshot taken after
+# that lock, the deletes and the erase's own audit row.
+BEGIN_ERASURE = "SELECT cachesvc_begin_erasure()"
+
 ERASE = """
 WITH deleted AS (
     DELETE FROM infinite_pages_cache_partitioned WHERE user_id = %(user)s RETURNING 1
@@ -359,11 +364,12 @@ class CacheStore:
         return bool(results[1][0][0]), _token(results)
 
     async def erase(self, actor: Actor) -> tuple[int, str]:
-        """Erase the user's entries and statistics; returns (entries deleted, token)."""
+        """Erase the user's entries and statistics, and the cache keys in their audit rows;
+        returns (entries deleted, token)."""
         params = {"user": actor.user_id, "actor": actor.label, "request_id": actor.request_id}
-        results = await self._write(actor.user_id, [(ERASE, params)], retry=False)
+        results = await self._write(actor.user_id, [(BEGIN_ERASURE, None), (ERASE, params)], retry=False)
         self.counters.forget(actor.user_id)  # nothing of theirs may come back with a flush
-        return results[0][0][0], _token(results)
+        return results[1][0][0], _token(results)
 
     async def _write(self, user_id: uuid.UUID, statements: list[tuple[str, object]], *, retry: bool = True) -> list[list[tuple]]:
         """A write on the primary, followed by its WAL position; the user's reads through this

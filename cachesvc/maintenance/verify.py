@@ -30,8 +30,9 @@ FUNCTIONS = {
     "create_monthly_audit_partition(date)": False,
     "cleanup_expired_cache_entries_production(integer,integer)": False,
     "ensure_monthly_partitions(timestamp with time zone)": True,  # SECURITY DEFINER
-    "record_cache_access(timestamp with time zone[],uuid[],text[],bigint[],bigint[],bigint[],numeric[])": True,
+    "record_cache_access(timestamp with time zone[],uuid[],text[],bigint[],bigint[],bigint[],numeric[],timestamp with time zone[])": True,
     "record_cache_hits(bigint[],timestamp with time zone[],bigint[],timestamp with time zone[])": True,
+    "cachesvc_begin_erasure()": True,
     "cachesvc_current_user_id()": False,
     "cachesvc_current_user_ids()": False,
 }
@@ -114,7 +115,7 @@ def verify(run: Run, ahead: int) -> None:
             check(f"function:{signature}", False, f"function {signature} is missing")
             continue
         prosecdef, config, public_exec = row
-        ok = prosecdef == definer and (not definer or any(c.startswith("search_path=") for c in config or []))
+        ok = prosecdef == definer and (not definer or any(c.startswith("search_path=") and c.endswith(", pg_temp") for c in config or []))
         check(f"function:{signature}", ok, f"function {signature}: SECURITY DEFINER or search_path not as expected")
         if definer:
             check(f"function-public:{signature}", not public_exec, f"function {signature} is executable by PUBLIC")
