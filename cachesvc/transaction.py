@@ -126,7 +126,7 @@ class Transactions:
         self, pool: AsyncConnectionPool, statements: Sequence[Statement], context: Sequence[tuple[str, str]],
         read_only: bool, then: str | None, left: float,
     ) -> list[list[tuple]]:
-        async with pool.connection(timeout=max(left, 0.001)) as conn:
+        async with pool.connection(timeout=max(min(pool.timeout, left), 0.001)) as conn:  # CACHESVC_POOL_TIMEOUT_S or less
             cur = AsyncClientCursor(conn)
             text = self._query(cur, statements, context, read_only, then, left)
             try:

@@ -113,6 +113,11 @@ def service(stack, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokens(stack):
     """Make tokens signed with the stack's secret: tokens(user) / tokens(service=True)."""
+    return token_maker(stack)
+
+
+def token_maker(stack: LocalStack):
+    """tokens(user) / tokens(service=True), signed with ``stack``'s own secret (each stack has one)."""
     from cachesvc import auth
 
     secret = stack.settings().jwt_secret

@@ -30,7 +30,7 @@ from psycopg import errors
 
 from cachesvc.localstack import SUPERUSER, LocalStack
 from cachesvc.replica import parse_lsn
-from tests.conftest import LiveService, acting_as, insert_entry, throwaway_stack
+from tests.conftest import LiveService, acting_as, insert_entry, throwaway_stack, token_maker
 from tests.feature_tables import create_table, maintainer, service_headers
 
 MARKER_TABLE = "scale_marker"
@@ -51,6 +51,12 @@ def pair() -> Iterator[LocalStack]:
         s.start_standby()
         s.standby.wait_replayed(s.postgres)
         yield s
+
+
+@pytest.fixture(scope="module")
+def tokens(pair):
+    """Tokens for this module's own stack (its secret is not the session stack's)."""
+    return token_maker(pair)
 
 
 @pytest.fixture(scope="module")
