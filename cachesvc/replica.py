@@ -113,12 +113,12 @@ class ReplicaMonitor:
         stale = self.staleness(now)
         return self.problem is None and stale is not None and stale <= self.max_lag_s
 
-    def state(self) -> str:
+    def state(self, now: float | None = None) -> str:
         if self.problem is not None:
             return self.problem
         if self.covered_at is None:
             return "unchecked"
-        return "ok" if self.usable() else "lagging"
+        return "ok" if self.usable(now) else "lagging"
 
     def lag(self) -> tuple[float | None, int | None]:
         """(seconds, bytes) the replica was behind at the last check."""

@@ -51,22 +51,23 @@ class RecentWriters:
     bounded by the users writing within one window.
     """
 
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
+        self.clock = clock
         self._last: dict[uuid.UUID, float] = {}
 
     def add(self, user_id: uuid.UUID) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self._last.pop(user_id, None)
         self._last[user_id] = now
         self._expire(now)
 
     def __contains__(self, user_id: uuid.UUID) -> bool:
         at = self._last.get(user_id)
-        return at is not None and time.monotonic() - at < self.window_s
+        return at is not None and self.clock() - at < self.window_s
 
     def __len__(self) -> int:
-        self._expire(time.monotonic())
+        self._expire(self.clock())
         return len(self._last)
 
     def _expire(self, now: float) -> None:
@@ -78,9 +79,12 @@ class RecentWriters:
 
 
 class ReadRouter:
-    def __init__(self, monitor: ReplicaMonitor | None, settings: Settings) -> None:
+    def __init__(
+        self, monitor: ReplicaMonitor | None, settings: Settings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.monitor = monitor
-        self.recent = RecentWriters(settings.read_your_writes_s)
+        self.clock = clock  # the write window's and the lag bound's (the monitor samples on time.monotonic)
+        self.recent = RecentWriters(settings.read_your_writes_s, clock)
         self.timeout_s = settings.replica_timeout_s
         self.routes: Counter[tuple[str, str]] = Counter()  # (target, reason) -> reads
         self.fallbacks: Counter[str] = Counter()  # failure kind -> replica attempts redone on the primary
@@ -100,9 +104,9 @@ class ReadRouter:
         return target
 
     def _keep_on_primary(self, users: Iterable[uuid.UUID], after_lsn: int | None, warm: bool) -> str | None:
-        monitor = self.monitor
-        if not monitor.usable():
-            return f"replica_{monitor.state()}"
+        monitor, now = self.monitor, self.clock()
+        if not monitor.usable(now):
+            return f"replica_{monitor.state(now)}"
         if not warm:
             return "replica_warming"
         if any(user in self.recent for user in users):
@@ -114,7 +118,7 @@ class ReadRouter:
     async def run(self, target: Target, attempt: Callable[[Target], Awaitable[T]]) -> T:
         """``attempt(target)``; on the replica bounded by ``replica_timeout_s``, and run again
         on the primary if the replica fails (or stopped being usable since the choice)."""
-        if target is Target.PRIMARY or not self.monitor.usable():
+        if target is Target.PRIMARY or not self.monitor.usable(self.clock()):
             return await attempt(Target.PRIMARY)
         try:
             return await self._bounded(attempt(Target.REPLICA), self.timeout_s)

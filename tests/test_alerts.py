@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 
 import httpx2
 import pytest
@@ -21,7 +22,7 @@ METRIC = re.compile(r"\bcachesvc_[a-z0-9_]+\b")
 def exposed(service, stack, tokens, tmp_path_factory) -> set[str]:
     """Sample names from the live service's /metrics and from the health textfile."""
     with httpx2.Client(base_url=service.url) as http:
-        http.get("/v1/cache/chapter/k", headers={"Authorization": f"Bearer {tokens('00000000-0000-4000-8000-00000000000a')}"})
+        http.get("/v1/cache/chapter/k", headers={"Authorization": f"Bearer {tokens(uuid.uuid4())}"})
         text = http.get("/metrics").text
     metrics_file = tmp_path_factory.mktemp("textfile") / "cachesvc.prom"
     env = stack.env() | {"CACHESVC_ADMIN_DATABASE_URL": stack.url("cachesvc_maintainer", direct=True)}

@@ -7,26 +7,47 @@ import py_compile
 import uuid
 from urllib.parse import urlsplit
 
-from cachesvc.bench import loadgen
+import httpx2
+
+from cachesvc.bench import loadgen, run
 from cachesvc.migrations import PROJECT_ROOT
 
 
+SUMMARY_FIELDS = {"requests", "errors", "statuses", "rps", "p50_ms", "p99_ms", "p999_ms", "mean_ms", "target_rps", "target_met"}
+
+
 def test_open_and_closed_loop_generators(service, tokens):
+    """The generators send what they claim and report every figure; how fast the machine is
+    belongs to the benchmark (its open loops report their rate target and whether it was met)."""
     port = urlsplit(service.url).port
-    user = uuid.uuid4()
-    auth = {"Authorization": f"Bearer {tokens(user)}"}
-    put = loadgen.build_request("PUT", "/v1/cache/chapter/bench", f"127.0.0.1:{port}", auth, b'{"content": 1}')
-    get_hit = loadgen.build_request("GET", "/v1/cache/chapter/bench", f"127.0.0.1:{port}", auth)
-    get_miss = loadgen.build_request("GET", "/v1/cache/chapter/none", f"127.0.0.1:{port}", auth)
-    first = asyncio.run(loadgen.closed_loop("127.0.0.1", port, [put], 0.3, connections=1))
-    assert first.errors == 0 and set(first.statuses) <= {200, 201}
+    writer, reader = ({"Authorization": f"Bearer {tokens(uuid.uuid4())}"} for _ in range(2))  # a rate-limit bucket each
+    put = loadgen.build_request("PUT", "/v1/cache/chapter/bench", f"127.0.0.1:{port}", writer, b'{"content": 1}')
+    closed = asyncio.run(loadgen.closed_loop("127.0.0.1", port, [put], 0.5, connections=1))
+    # As many PUTs as the machine answers in 0.5 s: past the user's burst they are refused (429).
+    assert closed.errors == 0 and closed.statuses.get(201) == 1 and set(closed.statuses) <= {200, 201, 429}
+    assert sum(closed.statuses.values()) == len(closed.latencies) and closed.summary()["target_met"] is None
+    with httpx2.Client(base_url=service.url, timeout=30) as http:
+        assert http.put("/v1/cache/chapter/bench", headers=reader, json={"content": 1}).status_code == 201
+    get_hit = loadgen.build_request("GET", "/v1/cache/chapter/bench", f"127.0.0.1:{port}", reader)
+    get_miss = loadgen.build_request("GET", "/v1/cache/chapter/none", f"127.0.0.1:{port}", reader)
+    # 100 requests of one user, one more PUT: within the burst of 200 whatever the machine's speed
     result = asyncio.run(loadgen.open_loop("127.0.0.1", port, [get_hit, get_miss], rate=100, duration=1.0, connections=4))
     assert result.errors == 0
     assert result.sent == 100 and len(result.latencies) == 100
-    assert set(result.statuses) == {200, 404}
+    assert set(result.statuses) == {200, 404} and sum(result.statuses.values()) == 100
     summary = result.summary()
+    assert set(summary) == SUMMARY_FIELDS and summary["requests"] == 100
     assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= summary["p999_ms"]
-    assert 80 <= summary["rps"] <= 110
+    assert 0 < summary["mean_ms"] and 0 < summary["rps"] <= 100 * 100 / 99  # 100 sent over at least 0.99 s
+    assert summary["target_rps"] == 90.0 and isinstance(summary["target_met"], bool)
+
+
+def test_an_open_loop_meets_its_target_only_at_its_rate_and_without_errors():
+    kept = loadgen.Result(latencies=[0.001] * 95, duration=1.0, sent=95, rate=100)
+    assert kept.summary()["target_met"] is True
+    assert loadgen.Result(latencies=[0.001] * 89, duration=1.0, sent=89, rate=100).summary()["target_met"] is False
+    assert loadgen.Result(latencies=[0.001] * 95, duration=1.0, sent=96, errors=1, rate=100).target_met() is False
+    assert run.target_cell(kept.summary()) == "≥ 90 req/s: met"
 
 
 def test_locustfile_compiles():

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import httpx2
 import psycopg
@@ -41,6 +42,15 @@ def wait_for_status(service: StartingService, status: int, timeout: float = 30):
     return res
 
 
+def wait_for_features(service: StartingService, until: Callable[[dict], bool], timeout: float = 30) -> dict:
+    """/readyz's features section, once ``until`` holds for it."""
+    deadline = time.monotonic() + timeout
+    while not until(features := service.readyz().json()["features"]):
+        assert time.monotonic() < deadline, features
+        time.sleep(0.1)
+    return features
+
+
 # -- readiness ------------------------------------------------------------------------------
 
 
@@ -48,9 +58,12 @@ def test_readyz_is_503_until_warm_up_is_done(stack, warm_table, tmp_path):
     """Warm-up blocked on the table's lock: 503 with the reason; once released: 200."""
     with psycopg.connect(stack.url(SUPERUSER)) as blocker:
         blocker.execute(f"LOCK TABLE features.{WARM} IN ACCESS EXCLUSIVE MODE")
-        live = StartingService(stack, tmp_path / "svc.log", features_tables=WARM, features_warmup_wait_s="0")
+        # no latency threshold: readiness here waits on the lock only, not on the machine's speed
+        live = StartingService(stack, tmp_path / "svc.log", features_tables=WARM, features_warmup_wait_s="0",
+                               features_ready_latency_ms="0")
         try:
-            time.sleep(3)  # longer than the service login's lock_timeout: warm-up has failed at least once
+            failed = wait_for_features(live, lambda f: "error" in f)  # warm-up met the lock_timeout at least once
+            assert "lock timeout" in failed["error"] and failed["state"] in ("warming", "retrying")
             res = live.readyz()
             assert res.status_code == 503 and res.headers["retry-after"]
             body = res.json()
@@ -74,11 +87,8 @@ def test_readyz_stays_503_while_the_probe_misses_its_threshold(stack, warm_table
         stack, tmp_path / "svc.log", features_tables=WARM, features_warmup_wait_s="0", features_ready_latency_ms="0.0001"
     )
     try:
-        deadline = time.monotonic() + 20
-        while (body := live.readyz().json())["features"].get("probe") is None:
-            assert time.monotonic() < deadline, body
-            time.sleep(0.1)
-        time.sleep(1.5)  # a second probe has run
+        first = wait_for_features(live, lambda f: "probe" in f)["probe"]
+        wait_for_features(live, lambda f: f["probe"] != first)  # a second probe has run, and failed again
         res = live.readyz()
         assert res.status_code == 503
         features = res.json()["features"]
@@ -100,7 +110,7 @@ def test_without_warm_up_ready_at_once_and_hot_keys_are_warmed_first(stack, warm
             assert res.json()["features"] == {"enabled": False, "state": "disabled", "ready": True, "tables": 1}
         finally:
             cold.stop()
-        warm = StartingService(stack, tmp_path / "warm.log", features_tables=WARM)
+        warm = StartingService(stack, tmp_path / "warm.log", features_tables=WARM, features_ready_latency_ms="0")
         try:
             features = wait_for_status(warm, 200).json()["features"]
             assert features["warmup"]["steps"]["hotKeys"]["count"] >= 3
@@ -202,7 +212,7 @@ def run_cli(stack, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_warmup_and_stats_commands(stack, warm_table, admin):
-    result = run_cli(stack, "features", "warmup", CACHESVC_FEATURES_TABLES=WARM)
+    result = run_cli(stack, "features", "warmup", CACHESVC_FEATURES_TABLES=WARM, CACHESVC_FEATURES_READY_LATENCY_MS="0")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["tables"] == [WARM]

@@ -1,5 +1,6 @@
 """The pieces of read routing that need no server: WAL positions, the lag bound from samples,
-the read-your-writes window, and the settings that keep the guarantees consistent."""
+the read-your-writes window and the lag bound's ageing (on a clock the tests move), and the
+settings that keep the guarantees consistent."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from collections import deque
 
 import pytest
 
-from cachesvc.replica import Sample, covered_since, format_lsn, parse_lsn
-from cachesvc.routing import RecentWriters
+from cachesvc.replica import ReplicaMonitor, Sample, covered_since, format_lsn, parse_lsn
+from cachesvc.routing import ReadRouter, RecentWriters, Target
 from cachesvc.settings import Settings, SettingsError
 
 
@@ -38,19 +39,88 @@ def test_the_replica_covers_the_latest_sample_it_has_replayed_up_to():
     assert covered_since(deque(), 5) is None
 
 
+TICK = 2.0**-10  # a step that floating point adds exactly, so a boundary is hit, not approached
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test advances it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_recent_writers_are_remembered_for_the_window_only():
-    writers = RecentWriters(0.2)
+    clock = FakeClock()
+    writers = RecentWriters(10.0, clock)
     first, second, never = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     writers.add(first)
     writers.add(second)
     assert first in writers and second in writers and never not in writers
-    time.sleep(0.12)
+    clock.advance(6)
     writers.add(first)  # a new write restarts the window
-    time.sleep(0.12)
-    assert first in writers and second not in writers
+    clock.advance(4 - TICK)
+    assert first in writers and second in writers  # still inside its window
+    clock.advance(TICK)
+    assert first in writers and second not in writers  # its window is over, to the tick
     assert len(writers) == 1  # expired users are forgotten, so memory follows the write rate
-    time.sleep(0.21)
+    clock.advance(6)
     assert first not in writers and len(writers) == 0
+
+
+def test_the_window_runs_on_the_monotonic_clock_by_default():
+    writers = RecentWriters(60.0)
+    user = uuid.uuid4()
+    writers.add(user)
+    assert writers.clock is time.monotonic and user in writers
+
+
+def checked_replica(s: Settings, clock: FakeClock) -> ReplicaMonitor:
+    """A monitor whose last check (the pools are never used here) found the replica caught up now."""
+    monitor = ReplicaMonitor(None, None, None, s)  # type: ignore[arg-type]
+    monitor.covered_at = clock()
+    return monitor
+
+
+def test_a_writer_reads_from_the_primary_until_its_window_has_passed():
+    s, clock = settings(), FakeClock()
+    monitor = checked_replica(s, clock)
+    router = ReadRouter(monitor, s, clock)
+    writer, other = uuid.uuid4(), uuid.uuid4()
+    router.wrote(writer)
+    for _ in range(2):
+        assert router.choose([writer]) is Target.PRIMARY
+        assert router.choose([other]) is Target.REPLICA
+        assert router.choose([other, writer]) is Target.PRIMARY  # a batch with a writer in it
+        clock.advance(s.read_your_writes_s / 2 - TICK)
+        monitor.covered_at = clock()  # the replica keeps up meanwhile
+    clock.advance(2 * TICK)
+    assert router.choose([writer]) is Target.REPLICA
+    assert router.routes[("primary", "recent_write")] == 4
+    assert router.routes[("replica", "replica_ok")] == 3
+
+
+def test_the_lag_bound_ages_without_a_check_and_sends_reads_to_the_primary():
+    s, clock = settings(), FakeClock()
+    router = ReadRouter(checked_replica(s, clock), s, clock)
+    user = uuid.uuid4()
+    clock.advance(s.replica_max_lag_s)
+    assert router.choose([user]) is Target.REPLICA  # possibly max_lag_s behind: still within the bound
+    clock.advance(TICK)
+    assert router.choose([user]) is Target.PRIMARY  # no check since: it may be further behind
+    assert router.routes[("primary", "replica_lagging")] == 1
+
+
+def test_without_a_replica_every_read_goes_to_the_primary():
+    router = ReadRouter(None, settings(), FakeClock())
+    user = uuid.uuid4()
+    router.wrote(user)
+    assert router.choose([user]) is Target.PRIMARY and len(router.recent) == 0 and not router.routes
 
 
 def settings(**values: str) -> Settings:

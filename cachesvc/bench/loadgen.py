@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+RATE_KEPT = 0.9  # an open loop's target: answers at no less than this share of the scheduled rate
+
 
 @dataclass
 class Result:
@@ -24,6 +26,7 @@ class Result:
     errors: int = 0
     duration: float = 0.0
     sent: int = 0
+    rate: float | None = None  # the open loop's schedule, requests per second
 
     def percentile(self, p: float) -> float:
         if not self.latencies:
@@ -36,6 +39,15 @@ class Result:
     def throughput(self) -> float:
         return len(self.latencies) / self.duration if self.duration else 0.0
 
+    @property
+    def target_rps(self) -> float | None:
+        return None if self.rate is None else RATE_KEPT * self.rate
+
+    def target_met(self) -> bool | None:
+        """Did the service keep the schedule, without errors (None: a closed loop has no target)?"""
+        target = self.target_rps
+        return None if target is None else self.errors == 0 and self.throughput >= target
+
     def summary(self) -> dict:
         return {
             "requests": len(self.latencies),
@@ -46,6 +58,8 @@ class Result:
             "p99_ms": round(self.percentile(99) * 1000, 3),
             "p999_ms": round(self.percentile(99.9) * 1000, 3),
             "mean_ms": round(statistics.fmean(self.latencies) * 1000, 3) if self.latencies else None,
+            "target_rps": None if self.target_rps is None else round(self.target_rps, 1),
+            "target_met": self.target_met(),
         }
 
 
@@ -75,7 +89,7 @@ async def open_loop(
 ) -> Result:
     """Send ``rate`` requests per second for ``duration`` seconds, drawn at random from ``requests``."""
     rng = random.Random(seed)
-    result = Result()
+    result = Result(rate=rate)
     idle: asyncio.Queue = asyncio.Queue()
     for _ in range(connections):
         idle.put_nowait(await asyncio.open_connection(host, port))

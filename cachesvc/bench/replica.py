@@ -57,7 +57,7 @@ def pooled(runs: list[dict]) -> dict:
     """Median over rounds of each figure (rounds alternate, so drift hits both sides alike)."""
     keys = ("rps", "p50_ms", "p99_ms", "p999_ms")
     return {k: round(statistics.median(r[k] for r in runs), 3) for k in keys} | {
-        "rounds": len(runs), "errors": sum(r["errors"] for r in runs),
+        "rounds": len(runs), "errors": sum(r["errors"] for r in runs), "target_met": all(r["target_met"] for r in runs),
         "non2xx_or_404": sum(n for r in runs for s, n in r["statuses"].items() if s not in (200, 404)),
     }
 
