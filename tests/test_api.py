@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import psycopg
+import pytest
 from starlette.testclient import TestClient
 
-from cachesvc import api, migrations
+from cachesvc import api, migrations, roles
+from cachesvc.localstack import LOGINS, SUPERUSER, LocalStack, ServiceProcess
+
+OLDER_REVISION = "0004"
 
 
 def test_healthz_and_readyz(stack):
@@ -13,12 +26,54 @@ def test_healthz_and_readyz(stack):
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"pool": True, "schema": True}
-        assert ready.json()["expectedRevision"] == migrations.head_revision()
+        assert ready.json()["expectedRevision"] == ready.json()["revision"] == migrations.head_revision()
 
 
-def test_readyz_refuses_when_schema_is_not_at_the_expected_revision(stack):
-    with TestClient(api.create_app(stack.settings())) as client:
-        client.app.state.expected_revision = "not-a-revision"
-        ready = client.get("/readyz")
-    assert ready.status_code == 503
-    assert ready.json()["checks"] == {"pool": True, "schema": False}
+@pytest.fixture
+def older_stack() -> Iterator[LocalStack]:
+    """A fresh stack whose database is really at an older migration revision."""
+    home = Path(tempfile.mkdtemp(prefix="cachesvc-revision-"))
+    s = LocalStack.throwaway(home)
+    try:
+        s.start(migrate=False)
+        s.migrate(OLDER_REVISION)
+        with psycopg.connect(s.url(SUPERUSER), autocommit=True) as conn:
+            for user, group in LOGINS.items():
+                roles.create_login(conn, user, group, s.passwords[user])
+        yield s
+    finally:
+        s.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def readiness(url: str) -> httpx2.Response | None:
+    try:
+        return httpx2.get(url + "/readyz", timeout=5)
+    except httpx2.TransportError:
+        return None  # not listening yet
+
+
+def test_readyz_names_the_revision_found_and_turns_ready_after_upgrade_without_restart(older_stack, tmp_path):
+    assert OLDER_REVISION != migrations.head_revision()
+    service = ServiceProcess(older_stack, tmp_path / "service.log", flush_interval_s=0.2)
+    try:
+        # Wait until every other check passes: then the schema alone keeps it unready.
+        deadline = time.monotonic() + 30
+        while not ((res := readiness(service.url)) and res.json()["checks"]["pool"] and res.json()["features"]["ready"]):
+            assert service.proc.poll() is None, service.log.read_text()
+            assert time.monotonic() < deadline, res.text if res else "not listening"
+            time.sleep(0.05)
+        body = res.json()
+        assert res.status_code == 503 and int(res.headers["retry-after"]) > 0
+        assert body["checks"] == {"pool": True, "schema": False}
+        assert (body["revision"], body["expectedRevision"]) == (OLDER_REVISION, migrations.head_revision())
+
+        older_stack.migrate("head")
+        deadline = time.monotonic() + 10
+        while (res := readiness(service.url)).status_code != 200:
+            assert time.monotonic() < deadline, res.text
+            time.sleep(0.05)
+        assert res.json()["revision"] == migrations.head_revision()
+        assert service.proc.poll() is None  # the same process: no restart
+    finally:
+        assert service.stop() in (0, -signal.SIGTERM)

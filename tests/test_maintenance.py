@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import json
 import os
+import pty
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -312,25 +315,74 @@ def test_archive_killed_anywhere_loses_and_duplicates_nothing(maint_env, admin, 
         assert hashlib.sha256(data.read_bytes()).hexdigest() == m["sha256"]
 
 
+def archive_killed_at(args: list[str], env: dict, milestone: str, timeout: float = 60) -> str:
+    """Run ``audit archive`` with its progress on a terminal, SIGKILL it as soon as its progress
+    shows ``milestone``, and prove the kill landed mid-work: the work had begun (the milestone),
+    the process was still running, and it never printed its summary. Returns the progress seen."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while milestone.encode() not in seen:
+            assert proc.poll() is None, f"finished before {milestone!r}; its progress: {seen[-400:]!r}"
+            assert time.monotonic() < deadline, f"no {milestone!r} after {timeout}s: {seen[-400:]!r}"
+            if select.select([master], [], [], 0.05)[0]:
+                with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+                    seen += os.read(master, 65536)
+        proc.send_signal(signal.SIGKILL)
+        stdout, _ = proc.communicate()
+    finally:
+        os.close(master)
+    assert proc.returncode == -signal.SIGKILL and stdout == b"", (proc.returncode, stdout)
+    return seen.decode(errors="replace")
+
+
 def test_archive_killed_at_random_instants(maint_env, admin, tmp_path):
     start = this_month(admin)
     months = [add_months(start, -n) for n in (9, 8)]
+    rows = 20000
     for month in months:
-        seed_audit_month(admin, month, 20000)
+        seed_audit_month(admin, month, rows)
+    first, second = (f"cache_audit_log_y{m:%Y}m{m:%m}" for m in months)
     before = add_months(months[-1], 1)
     original = past_audit_rows(admin, before)
     dest = tmp_path / "archive"
     args = [sys.executable, "-m", "cachesvc", "audit", "archive", "--before", str(before), "--dest", str(dest)]
     rng = random.Random(7)
-    for _ in range(4):
-        proc = subprocess.Popen(args, env=maint_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+
+    def rows_written(partition: str) -> str:  # the export reports every 5,000 rows
+        n = rng.choice(range(5000, rows + 1, 5000))
+        return f"{n}/{n} {partition}: rows written"
+
+    # Twice in the first month's export, once in the second's while the first waits to be
+    # done, once in the second's after the first was archived and dropped (a month to go).
+    for milestone, month_line in (
+        (rows_written(first), f"0/2 archiving {first}"),
+        (rows_written(first), f"0/2 archiving {first}"),
+        (rows_written(second), f"1/2 archiving {second}"),
+        (rows_written(second), f"0/1 archiving {second}"),
+    ):
+        progress = archive_killed_at(args, maint_env, milestone)
+        assert month_line in progress, progress[-400:]
+    assert [p.name for p in sorted(dest.glob("*.manifest.json"))] == [f"{first}.manifest.json"]
     final = cli(maint_env, "audit", "archive", "--before", str(before), "--dest", str(dest))
     assert final.returncode == 0, final.stdout + final.stderr
+    assert [m["partition"] for m in report(final)["months"]] == [second]  # the first was done before
     assert archived_rows(dest) == original
     assert admin.execute("SELECT count(*) FROM cache_audit_log WHERE occurred_at < %s", (utc(before),)).fetchone() == (0,)
+
+    # The loop over manifests of months already dropped ran, and checks each file: a damaged
+    # archive of the first month (no longer in the database) is reported.
+    data = dest / f"{first}.jsonl.gz"
+    intact = data.read_bytes()
+    data.write_bytes(intact[:-10])
+    damaged = cli(maint_env, "audit", "archive", "--before", str(before), "--dest", str(dest))
+    assert damaged.returncode == 3, damaged.stdout + damaged.stderr
+    assert report(damaged)["problems"] == [f"{first}: archive in {dest} does not match its manifest"]
+    data.write_bytes(intact)
+    assert cli(maint_env, "audit", "archive", "--before", str(before), "--dest", str(dest)).returncode == 0
 
 
 def test_archive_refuses_to_drop_when_the_file_was_tampered_with(maint_env, admin, tmp_path):

@@ -81,12 +81,14 @@ READY_BUDGET_S = 2.0  # a load balancer's probe must not wait as long as a reque
 async def readyz(request: Request) -> Response:
     state = request.app.state
     checks = {"pool": False, "schema": False}
+    found = None  # the revision the database is at, when it could be read
     try:
         (rows,) = await state.store.transactions.run(
             state.pool, [(SCHEMA_REVISION, None)], read_only=True, retry=False, budget=Budget(READY_BUDGET_S)
         )
         checks["pool"] = True
-        checks["schema"] = bool(rows) and rows[0][0] == state.expected_revision
+        found = rows[0][0] if rows else None
+        checks["schema"] = found == state.expected_revision
     except Exception as exc:  # readiness reports, it never raises
         log.warning("readiness check failed: %s", exc)
     features = state.features.readiness.status()  # warm-up and its probe (cachesvc.features.readiness)
@@ -94,7 +96,7 @@ async def readyz(request: Request) -> Response:
     state.metrics.ready.set(1 if ready else 0)
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks, "expectedRevision": state.expected_revision,
-         "features": features, "replica": replica_status(state), "pools": pool_status(state)},
+         "revision": found, "features": features, "replica": replica_status(state), "pools": pool_status(state)},
         status_code=200 if ready else 503,
         headers=None if ready else {"Retry-After": "2"},
     )
