@@ -45,6 +45,9 @@ def cmd_serve(args, settings: Settings) -> int:
     app = api.create_app(settings)
     if settings.workers > 1:  # separate processes import the app and read the settings again
         app = "cachesvc.api:create_app"
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler it
+    # found: with this one the process then ends with exit code 0 (a clean stop), not by SIGTERM.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         app,
         factory=settings.workers > 1,

@@ -14,6 +14,11 @@ all come out of it; past it the caller gets ``DatabaseTimeout`` at once while th
 cancelled in the background. The server is told too: ``statement_timeout`` is never more
 than what is left of the budget.
 
+Late writes: a transaction that is not read-only checks, first thing on the server, that its
+request has not given up yet (``cachesvc_before_deadline``, by wall clock). A write held in a
+frozen PgBouncer or server past the budget then commits nothing when it is finally read,
+instead of applying a write whose client was answered 503, maybe over a newer one.
+
 Retry: with ``retry``, an attempt that lost its connection (server restarted, backend
 terminated, PgBouncer restarted) is made once more, if the budget has time left. Only reads
 and idempotent writes ask for it: a DELETE whose COMMIT was lost would answer 404 for work
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -38,6 +44,9 @@ from cachesvc.db import Bounded, DatabaseTimeout, connection_lost
 T = TypeVar("T")
 
 Statement = tuple[str | sql.Composable, Any]  # SQL and its parameters (None: sent verbatim)
+
+# sql/functions/cachesvc_before_deadline.v1.sql: raises query_canceled past the deadline.
+BEFORE_DEADLINE = "SELECT cachesvc_before_deadline(%s)"
 
 
 class Budget:
@@ -113,7 +122,7 @@ class Transactions:
             if left <= 0:
                 raise budget.expired()
             try:
-                return await self._bounded(self._once(pool, statements, context, read_only, then, left), left)
+                return await self._bounded(self._once(pool, statements, context, read_only, then, budget), left)
             except DatabaseTimeout:
                 raise budget.expired() from None
             except psycopg.OperationalError as exc:
@@ -124,15 +133,18 @@ class Transactions:
 
     async def _once(
         self, pool: AsyncConnectionPool, statements: Sequence[Statement], context: Sequence[tuple[str, str]],
-        read_only: bool, then: str | None, left: float,
+        read_only: bool, then: str | None, budget: Budget,
     ) -> list[list[tuple]]:
-        async with pool.connection(timeout=max(min(pool.timeout, left), 0.001)) as conn:  # CACHESVC_POOL_TIMEOUT_S or less
+        wait = max(min(pool.timeout, budget.remaining()), 0.001)  # CACHESVC_POOL_TIMEOUT_S or less
+        async with pool.connection(timeout=wait) as conn:
             cur = AsyncClientCursor(conn)
-            text = self._query(cur, statements, context, read_only, then, left)
+            text = self._query(cur, statements, context, read_only, then, budget.remaining())
             try:
                 await cur.execute(text)
                 results = []
-                cur.nextset()  # past BEGIN
+                cur.nextset()  # past BEGIN, to the context
+                if not read_only:
+                    cur.nextset()  # to the deadline check
                 for _ in statements:
                     cur.nextset()
                     results.append(await cur.fetchall())
@@ -158,6 +170,8 @@ class Transactions:
             "BEGIN READ ONLY" if read_only else "BEGIN",
             cur.mogrify(set_context, [v for pair in settings for v in pair]),
         ]
+        if not read_only:  # a write that reaches the server after its request gave up does nothing
+            parts.append(cur.mogrify(BEFORE_DEADLINE, (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=left),)))
         for statement, params in statements:
             if params is None:
                 parts.append(statement if isinstance(statement, str) else statement.as_string(cur))

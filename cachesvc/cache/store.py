@@ -206,7 +206,7 @@ class CacheStore:
     async def _transaction(
         self, user_id: uuid.UUID | None, statements: list[tuple[str, object]], *, retry: bool = True,
         readers: Sequence[uuid.UUID] = (), target: Target = Target.PRIMARY, then: str | None = None,
-        budget: Budget | None = None,
+        budget: Budget | None = None, read_only: bool = False,
     ) -> list[list[tuple]]:
         """``statements`` in one transaction acting as ``user_id`` (or, for a coalesced read,
         as exactly ``readers``), through the one runner (cachesvc.transaction). On the replica
@@ -216,7 +216,7 @@ class CacheStore:
         else:
             context = [("cachesvc.user_id", str(user_id))]
         return await self.transactions.run(
-            self.pools[target], statements, context=context, then=then, budget=budget,
+            self.pools[target], statements, context=context, then=then, budget=budget, read_only=read_only,
             retry=retry and target is Target.PRIMARY,
         )
 
@@ -246,14 +246,14 @@ class CacheStore:
         statement = (BATCH_GET, (users, [t[1] for t in triples], [t[2] for t in triples]))
         budget = Budget(self.settings.request_timeout_s)
         (rows,) = await self.router.run(
-            target, lambda on: self._transaction(None, [statement], readers=users, target=on, budget=budget)
+            target, lambda on: self._transaction(None, [statement], readers=users, target=on, budget=budget, read_only=True)
         )
         found = {row[0]: row[1:] for row in rows}
         return [found.get(ordinal) for ordinal in range(1, len(triples) + 1)]
 
     async def _read(self, target: Target, user_id: uuid.UUID, sql: str, params: tuple) -> list[list[tuple]]:
         """One uncoalesced read (read_lanes = 0), on ``target`` with fallback to the primary."""
-        return await self.router.run(target, lambda on: self._transaction(user_id, [(sql, params)], target=on))
+        return await self.router.run(target, lambda on: self._transaction(user_id, [(sql, params)], target=on, read_only=True))
 
     async def lookup(
         self, user_id: uuid.UUID, items: list[LookupItem], *, after_lsn: int | None = None
@@ -286,7 +286,7 @@ class CacheStore:
         return entry
 
     async def stats(self, user_id: uuid.UUID) -> StatsResponse:
-        (rows,) = await self._transaction(user_id, [(STATS, (user_id,))])
+        (rows,) = await self._transaction(user_id, [(STATS, (user_id,))], read_only=True)
         by_type = [
             ContentTypeStats(
                 content_type=ct, hits=h, misses=m, hit_rate=_rate(h, m), tokens_saved=t, cost_saved_usd=round(c, 6)

@@ -33,6 +33,7 @@ FUNCTIONS = {
     "record_cache_access(timestamp with time zone[],uuid[],text[],bigint[],bigint[],bigint[],numeric[],timestamp with time zone[])": True,
     "record_cache_hits(bigint[],timestamp with time zone[],bigint[],timestamp with time zone[])": True,
     "cachesvc_begin_erasure()": True,
+    "cachesvc_before_deadline(timestamp with time zone)": False,
     "cachesvc_current_user_id()": False,
     "cachesvc_current_user_ids()": False,
 }
