@@ -16,7 +16,7 @@ import pytest
 from cachesvc import auth
 from cachesvc.settings import Settings, SettingsError
 
-SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+SECRET = "a-test-secret-that-is-long-enough-for-hs256-and-for-hs512-too-64b+"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

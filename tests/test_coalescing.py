@@ -14,9 +14,8 @@ import uuid
 
 import httpx2
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import LiveService
+from tests.conftest import LiveService, metric
 
 USERS = 24
 CONTENT_TYPES = ("chapter", "story_foundation")
@@ -41,15 +40,6 @@ def coalescing_service(stack, tmp_path_factory):
                        read_lanes="1", pool_size="2", rate_limit_per_s="0")
     yield live
     live.stop()
-
-
-def coalesced_total(service: LiveService) -> float:
-    text = httpx2.get(service.url + "/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "cachesvc_reads_coalesced_total" and sample.labels == {}:
-                return sample.value
-    raise AssertionError("cachesvc_reads_coalesced_total is not exported")
 
 
 def test_coalesced_reads_answer_each_requester_with_its_own_rows(coalescing_service, tokens):
@@ -110,7 +100,7 @@ def test_coalesced_reads_answer_each_requester_with_its_own_rows(coalescing_serv
 
             await asyncio.gather(*(one(i, as_get) for i, as_get in plan))
 
-    before = coalesced_total(service)
+    before = metric(service, "cachesvc_reads_coalesced_total")
     asyncio.run(run())
-    coalesced = coalesced_total(service) - before
+    coalesced = metric(service, "cachesvc_reads_coalesced_total") - before
     assert coalesced >= REQUESTS / 2, f"only {coalesced:.0f} of {REQUESTS} reads shared a transaction"

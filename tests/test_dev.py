@@ -49,7 +49,8 @@ def get(url: str) -> tuple[int, dict]:
 
 
 def start_dev(env: dict[str, str], log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([str(DEV)], env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), cwd=PROJECT_ROOT)
+    with open(log, "wb") as stderr:  # the child keeps its own descriptor
+        proc = subprocess.Popen([str(DEV)], env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=PROJECT_ROOT)
     base = f"http://127.0.0.1:{env['CACHESVC_PORT']}"
     deadline = time.monotonic() + 120
     while True:

@@ -9,7 +9,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx2
@@ -17,7 +16,7 @@ import psycopg
 import pytest
 
 from cachesvc.localstack import SUPERUSER
-from tests.conftest import LiveService
+from tests.conftest import CheckedThread, LiveService, join_all, raise_failures, wait_until
 from tests.feature_tables import create_table, drop_tables, feature_tables, maintainer, service_headers
 
 GEN = "ft_generations"
@@ -72,22 +71,28 @@ def test_lookups_during_loads_never_see_a_mix_of_generations(stack, tokens, gene
                 if any(r["features"][OTHER] is None for r in res.json()["results"]):
                     problems.append("the other table lost rows")
 
-    readers = [threading.Thread(target=look_up) for _ in range(3)]
+    def readers_saw(generation: int) -> bool:
+        raise_failures(readers)
+        assert problems == [], problems[:3]
+        return any(gens == {generation} for gens in seen[-30:])
+
+    readers = [CheckedThread(look_up, name=f"reader-{i}") for i in range(3)]
     try:
         for t in readers:
             t.start()
-        time.sleep(0.5)
+        wait_until(lambda: readers_saw(1), 30, "lookups of generation 1")
         for generation in (2, 3):
             result = cli(stack, "features", "load", GEN, str(write_generation(tmp_path / f"g{generation}.csv", generation)))
             assert result.returncode == 0, result.stderr
             summary = json.loads(result.stdout)
             assert summary["loaded"] is True and summary["rows"] == KEYS
-            time.sleep(0.5)
+            wait_until(lambda: readers_saw(generation), 30, f"lookups of generation {generation}")
     finally:
         stop.set()
-        for t in readers:
-            t.join(30)
-        live.stop()
+        try:
+            join_all(readers, 30)  # an exception in a reader fails the test here
+        finally:
+            live.stop()
     assert problems == []
     assert all(len(generations) == 1 for generations in seen), [g for g in seen if len(g) != 1][:3]
     assert {g for gens in seen for g in gens} == {1, 2, 3}

@@ -8,7 +8,7 @@ import uuid
 
 import httpx2
 
-from tests.conftest import LiveService
+from tests.conftest import LiveService, metric, metrics_text
 
 
 def test_rate_limit_per_user_with_retry_after(stack, tokens, tmp_path):
@@ -25,7 +25,7 @@ def test_rate_limit_per_user_with_retry_after(stack, tokens, tmp_path):
             assert int(limited.headers["retry-after"]) >= 1
             # Another user has a bucket of their own.
             assert http.get("/v1/cache/chapter/k", headers={"Authorization": f"Bearer {tokens(b)}"}).status_code == 404
-            assert "cachesvc_rate_limited_total 1.0" in http.get("/metrics").text
+            assert metric(service, "cachesvc_rate_limited_total") == 1
     finally:
         service.stop()
 
@@ -43,6 +43,8 @@ def test_access_log_has_ids_and_pseudonyms_never_tokens_or_content(stack, tokens
             http.get("/v1/cache/chapter/story%2F1", headers={"Authorization": f"Bearer {token}"})
             http.get("/v1/cache/chapter/absent", headers={"Authorization": f"Bearer {token}"})
             metrics = http.get("/metrics").text
+            assert metric(metrics, "cachesvc_request_duration_seconds_count",
+                          {"route": "/v1/cache/{contentType}/{key}", "method": "PUT", "status": "201"}) == 1
     finally:
         service.stop()
     log = service.log_path.read_text()
@@ -53,9 +55,8 @@ def test_access_log_has_ids_and_pseudonyms_never_tokens_or_content(stack, tokens
     assert put_line["route"] == "/v1/cache/{contentType}/{key}" and put_line["status"] == 201
     assert put_line["user"] == hashlib.sha256(user.bytes).hexdigest()[:16]
     assert isinstance(put_line["ms"], float)
-    assert 'cachesvc_cache_lookups_total{content_type="chapter",result="hit"} 1.0' in metrics
-    assert 'cachesvc_cache_lookups_total{content_type="chapter",result="miss"} 1.0' in metrics
-    assert 'route="/v1/cache/{contentType}/{key}"' in metrics
+    assert metric(metrics, "cachesvc_cache_lookups_total", {"content_type": "chapter", "result": "hit"}) == 1
+    assert metric(metrics, "cachesvc_cache_lookups_total", {"content_type": "chapter", "result": "miss"}) == 1
 
 
 def test_startup_retries_then_gives_up_with_a_clear_message(stack, tmp_path):
@@ -79,7 +80,16 @@ def test_startup_retries_then_gives_up_with_a_clear_message(stack, tmp_path):
     assert f"database unreachable after 3 attempts (127.0.0.1:{port}/cachesvc)" in result.stderr
 
 
-def test_metrics_report_warm_up_and_coalescing(service):
-    text = httpx2.get(service.url + "/metrics").text
-    assert "cachesvc_features_warm 1.0" in text
-    assert "cachesvc_read_batches_total" in text and "cachesvc_pool_in_use" in text
+def test_metrics_report_warm_up_read_batches_and_the_pool(service, tokens):
+    """Reads one after another: each is a read batch of its own, none coalesced."""
+    before = metrics_text(service)
+    h = {"Authorization": f"Bearer {tokens(uuid.uuid4())}"}
+    with httpx2.Client(base_url=service.url, timeout=10, headers=h) as http:
+        assert [http.get(f"/v1/cache/chapter/k{i}").status_code for i in range(3)] == [404] * 3
+    after = metrics_text(service)
+    assert metric(after, "cachesvc_features_warm") == 1
+    moved = {name: metric(after, name) - metric(before, name)
+             for name in ("cachesvc_read_batches_total", "cachesvc_reads_coalesced_total")}
+    assert moved == {"cachesvc_read_batches_total": 3, "cachesvc_reads_coalesced_total": 0}
+    in_use, size = (metric(after, name, {"pool": "primary"}) for name in ("cachesvc_pool_in_use", "cachesvc_pool_max"))
+    assert 0 <= in_use <= size

@@ -25,12 +25,12 @@ from collections.abc import Callable, Iterator
 import httpx2
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from psycopg import errors
 
 from cachesvc.localstack import SUPERUSER, LocalStack
 from cachesvc.replica import parse_lsn
-from tests.conftest import LiveService, acting_as, insert_entry, throwaway_stack, token_maker
+from tests.conftest import (LiveService, acting_as, insert_entry, metric, metric_samples, metric_sum, throwaway_stack,
+                            token_maker)
 from tests.feature_tables import create_table, maintainer, service_headers
 
 MARKER_TABLE = "scale_marker"
@@ -138,14 +138,9 @@ def feature_value(service: LiveService, tokens, key: int = 1) -> str:
     return res.json()["features"][MARKER_TABLE]["v"]
 
 
-def metric(service: LiveService, name: str, **labels: str) -> float:
-    """A sample of the service's /metrics (0 when absent)."""
-    text = httpx2.get(service.url + "/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    return 0.0
+def routed(service: LiveService, target: str, reason: str, *, missing_ok: bool = False) -> float:
+    """Reads the service sent to ``target`` for ``reason`` (``missing_ok``: for a reading before)."""
+    return metric(service, "cachesvc_read_routes_total", {"target": target, "reason": reason}, missing_ok=missing_ok)
 
 
 def set_marker(stack: LocalStack, value: str) -> None:
@@ -194,7 +189,8 @@ def test_the_replication_runbook_query_shows_the_standby(pair):
 def test_feature_reads_are_served_by_the_standby_and_a_lagging_one_is_skipped(pair, services, tokens):
     tolerant, strict = services["tolerant_a"], services["strict"]
     assert feature_value(tolerant, tokens) == feature_value(strict, tokens) == "before"
-    served_before = metric(tolerant, "cachesvc_read_routes_total", target="replica", reason="replica_ok")
+    served_before = routed(tolerant, "replica", "replica_ok", missing_ok=True)
+    lagging_before = routed(strict, "primary", "replica_lagging", missing_ok=True)
     with replay_paused(pair):
         set_marker(pair, "after")  # on the primary only, while the standby does not replay
         # The old value exists only on the standby: the tolerant service read it there.
@@ -204,9 +200,9 @@ def test_feature_reads_are_served_by_the_standby_and_a_lagging_one_is_skipped(pa
         assert lagging["stalenessSeconds"] > 0.4 and lagging["lagSeconds"] > 0 and lagging["lagBytes"] > 0
         assert feature_value(strict, tokens) == "after"
         assert readyz(strict).status_code == 200  # a lagging replica never makes the service unready
-        assert metric(strict, "cachesvc_read_routes_total", target="primary", reason="replica_lagging") >= 1
+        assert routed(strict, "primary", "replica_lagging") >= lagging_before + 1
         assert metric(strict, "cachesvc_replica_usable") == 0
-    assert metric(tolerant, "cachesvc_read_routes_total", target="replica", reason="replica_ok") >= served_before + 1
+    assert routed(tolerant, "replica", "replica_ok") >= served_before + 1
     wait_replica(tolerant, "ok")
     assert feature_value(tolerant, tokens) == "after"  # replay resumed: the standby has it now
     wait_replica(strict, "ok")
@@ -219,6 +215,8 @@ def test_cache_reads_window_token_and_lag_bound(pair, services, tokens):
     process whose bound the standby exceeds reads the primary."""
     a, b, strict = services["tolerant_a"], services["tolerant_b"], services["strict"]
     user, key = uuid.uuid4(), "story/ch-1"
+    by_token_before = routed(a, "primary", "consistency_token", missing_ok=True)
+    recent_before = routed(b, "primary", "recent_write", missing_ok=True)
     put(b, tokens, user, key, "v1")
     pair.standby.wait_replayed(pair.postgres)
     time.sleep(0.6)  # past the strict process's window (it wrote nothing anyway)
@@ -235,17 +233,17 @@ def test_cache_reads_window_token_and_lag_bound(pair, services, tokens):
         lookup = httpx2.post(f"{a.url}/v1/cache/lookup", json={"items": [{"contentType": "chapter", "key": key}]},
                              headers=headers(tokens, user, token), timeout=10)
         assert lookup.json()["results"][0]["entry"]["content"] == "v2"
-        assert metric(a, "cachesvc_read_routes_total", target="primary", reason="consistency_token") >= 2
+        assert routed(a, "primary", "consistency_token") == by_token_before + 2  # the GET and the lookup
         wait_replica(strict, "lagging", timeout=5)
         assert get(strict, tokens, user, key).json()["content"] == "v2"  # outside any window: the bound
     wait_until(lambda: parse_lsn(readyz(a).json()["replica"]["replayLsn"]) >= parse_lsn(token), 5, "replay seen")
     assert get(a, tokens, user, key).json()["content"] == "v2"
-    on_replica = metric(a, "cachesvc_read_routes_total", target="replica", reason="replica_ok")
-    by_token = metric(a, "cachesvc_read_routes_total", target="primary", reason="consistency_token")
+    on_replica = routed(a, "replica", "replica_ok")
+    by_token = routed(a, "primary", "consistency_token")
     assert get(a, tokens, user, key, token).json()["content"] == "v2"  # the standby has reached the token
-    assert metric(a, "cachesvc_read_routes_total", target="replica", reason="replica_ok") == on_replica + 1
-    assert metric(a, "cachesvc_read_routes_total", target="primary", reason="consistency_token") == by_token
-    assert metric(b, "cachesvc_read_routes_total", target="primary", reason="recent_write") >= 1
+    assert routed(a, "replica", "replica_ok") == on_replica + 1
+    assert routed(a, "primary", "consistency_token") == by_token
+    assert routed(b, "primary", "recent_write") >= recent_before + 1
 
 
 def test_a_malformed_consistency_token_is_refused(services, tokens):
@@ -295,6 +293,7 @@ def test_reads_fall_back_to_the_primary_while_the_standby_is_down(pair, services
     put(services["tolerant_b"], tokens, user, key, "present")
     pair.standby.wait_replayed(pair.postgres)
     read_everything(a, tokens, user, key, "present")
+    down_before = routed(a, "primary", "replica_down", missing_ok=True)
     server = pair.standby.bouncer if what == "pgbouncer" else pair.standby.postgres
     server.stop()
     try:
@@ -305,13 +304,13 @@ def test_reads_fall_back_to_the_primary_while_the_standby_is_down(pair, services
         assert down["usable"] is False and down["error"]
         ready = readyz(a)
         assert ready.status_code == 200 and ready.json()["status"] == "ready"
-        assert metric(a, "cachesvc_read_routes_total", target="primary", reason="replica_down") >= 1
+        assert routed(a, "primary", "replica_down") >= down_before + 1
     finally:
         server.start()
     wait_replica(a, "ok")  # checked again, and (after a restart) its feature tables warmed again
-    before = metric(a, "cachesvc_read_routes_total", target="replica", reason="replica_ok")
+    before = routed(a, "replica", "replica_ok", missing_ok=True)
     read_everything(a, tokens, user, key, "present")
-    assert metric(a, "cachesvc_read_routes_total", target="replica", reason="replica_ok") >= before + 9
+    assert routed(a, "replica", "replica_ok") >= before + 9
 
 
 # -- stateless processes ------------------------------------------------------------------
@@ -339,8 +338,10 @@ def test_two_processes_counting_hits_on_one_entry_add_up(pair, services, tokens)
         return hits == 12 and stats == (12, 3)
 
     wait_until(flushed, 10, "both processes' counters flushed and summed")
-    time.sleep(0.5)  # more flushes: still exactly the sum, nothing counted twice
-    assert flushed()
+    flushes = [metric(svc, "cachesvc_counter_flushes_total", {"outcome": "ok"}) for svc in (a, b)]
+    wait_until(lambda: all(metric(svc, "cachesvc_counter_flushes_total", {"outcome": "ok"}) >= done + 2
+                           for svc, done in zip((a, b), flushes)), 10, "two more flushes of each process")
+    assert flushed()  # still exactly the sum: nothing counted twice
     # Either process now answers the same entry and count (after the flushes replay).
     pair.standby.wait_replayed(pair.postgres)
     entries = [get(svc, tokens, user, key).json() for svc in (a, b)]
@@ -387,8 +388,9 @@ def test_coalesced_reads_on_the_replica_never_cross_users(pair, services, tokens
         put(b, tokens, user, "shared-key", f"content of {user}")
     put(b, tokens, users[0], "only-first", "first's")
     pair.standby.wait_replayed(pair.postgres)
-    before = metric(a, "cachesvc_read_routes_total", target="replica", reason="replica_ok")
+    before = routed(a, "replica", "replica_ok", missing_ok=True)
     coalesced = metric(a, "cachesvc_reads_coalesced_total")
+    fallbacks = metric_sum(a, "cachesvc_replica_fallbacks_total")  # one sample per failure kind
     plan = [users[i % len(users)] for i in range(60)]
 
     async def read_all() -> list[tuple[uuid.UUID, str]]:
@@ -401,13 +403,13 @@ def test_coalesced_reads_on_the_replica_never_cross_users(pair, services, tokens
 
     answers = asyncio.run(read_all())
     assert all(content == f"content of {user}" for user, content in answers)
-    assert metric(a, "cachesvc_read_routes_total", target="replica", reason="replica_ok") >= before + 60
+    assert routed(a, "replica", "replica_ok") >= before + 60
     assert metric(a, "cachesvc_reads_coalesced_total") > coalesced  # users shared batches on the replica
     # The forbidden path: another user asks for the first user's key, on the replica too.
     assert get(a, tokens, users[0], "only-first").json()["content"] == "first's"
     for user in users[1:]:
         assert get(a, tokens, user, "only-first").status_code == 404
-    assert metric(a, "cachesvc_replica_fallbacks_total") == 0
+    assert metric_sum(a, "cachesvc_replica_fallbacks_total") == fallbacks  # none of these reads was redone
 
 
 def test_writes_never_go_to_the_standby(pair, services, tokens):
@@ -456,10 +458,12 @@ def test_readiness_and_metrics_report_both_pools_and_the_lag(services):
     assert set(body["pools"]) == {"primary", "replica"}
     assert body["pools"]["replica"]["max"] == 3
     text = httpx2.get(a.url + "/metrics", timeout=5).text
-    for series in ('cachesvc_pool_size{pool="primary"}', 'cachesvc_pool_size{pool="replica"}',
-                   'cachesvc_pool_max{pool="replica"} 3.0', "cachesvc_replica_lag_seconds ",
-                   "cachesvc_replica_lag_bytes ", "cachesvc_replica_usable 1.0", "cachesvc_replica_staleness_seconds "):
-        assert series in text, series
+    assert 0 < metric(text, "cachesvc_pool_size", {"pool": "primary"}) <= 3
+    assert 0 < metric(text, "cachesvc_pool_size", {"pool": "replica"}) <= 3
+    assert metric(text, "cachesvc_pool_max", {"pool": "replica"}) == 3
+    assert metric(text, "cachesvc_replica_usable") == 1
+    assert metric(text, "cachesvc_replica_lag_seconds") >= 0 and metric(text, "cachesvc_replica_lag_bytes") >= 0
+    assert 0 <= metric(text, "cachesvc_replica_staleness_seconds") < 30
 
 
 def test_without_a_replica_every_read_goes_to_the_primary(pair, tokens, tmp_path):
@@ -471,10 +475,9 @@ def test_without_a_replica_every_read_goes_to_the_primary(pair, tokens, tmp_path
         put(service, tokens, user, "k", "plain")
         assert get(service, tokens, user, "k").json()["content"] == "plain"
         text = httpx2.get(service.url + "/metrics", timeout=5).text
-        for sample in ('pool="replica"', "\ncachesvc_replica_lag_seconds ", "\ncachesvc_replica_usable ",
-                       "\ncachesvc_read_routes_total{"):
-            assert sample not in text, sample  # declared for dashboards, never a sample without a replica
-        assert "# TYPE cachesvc_replica_usable gauge" in text
+        assert [dict(labels) for labels in metric_samples(text, "cachesvc_pool_size")] == [{"pool": "primary"}]
+        for name in ("cachesvc_replica_lag_seconds", "cachesvc_replica_usable", "cachesvc_read_routes_total"):
+            assert metric_samples(text, name) == {}, name  # declared for dashboards, never a sample without a replica
     finally:
         service.stop()
 
@@ -498,6 +501,8 @@ def test_a_replica_that_is_not_a_standby_or_not_there_is_never_used(pair, tokens
             put(service, tokens, user, state, state)
             assert get(service, tokens, user, state).json()["content"] == state
             assert readyz(service).status_code == 200
-            assert metric(service, "cachesvc_read_routes_total", target="replica", reason="replica_ok") == 0
+            assert routed(service, "primary", f"replica_{state}") >= 1  # the GET, and why
+            targets = {dict(labels)["target"] for labels in metric_samples(service, "cachesvc_read_routes_total")}
+            assert targets == {"primary"}
         finally:
             service.stop()

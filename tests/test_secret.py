@@ -126,8 +126,8 @@ def test_serve_reads_the_secret_from_a_file(stack, tmp_path):
     secret_file = tmp_path / "jwt-secret"
     secret_file.write_text(secret + "\n")
     env = serve_env(stack, jwt_secret_file=str(secret_file))
-    proc = subprocess.Popen([sys.executable, "-m", "cachesvc", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
+    with open(tmp_path / "serve.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "cachesvc", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{env['CACHESVC_PORT']}"
     try:
         deadline = time.monotonic() + 30
