@@ -113,6 +113,7 @@ def warm(service: LiveService, stack) -> None:
     serves_again(service, stack)
 
 
+@pytest.mark.timing
 def test_postgres_stopped(live, budget_stack):
     warm(live, budget_stack)
     budget_stack.postgres.stop()
@@ -123,6 +124,7 @@ def test_postgres_stopped(live, budget_stack):
     serves_again(live, budget_stack)
 
 
+@pytest.mark.timing
 def test_postgres_killed(live, budget_stack):
     warm(live, budget_stack)
     kill_cluster(budget_stack.postgres.proc)

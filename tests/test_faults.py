@@ -125,6 +125,7 @@ def wait_recovered(service: LiveService, stack: LocalStack, timeout: float = 30)
         assert http.get("/readyz").status_code == 200
 
 
+@pytest.mark.timing
 def test_postgres_stopped_during_load(fault_stack, tmp_path):
     service = start_service(fault_stack, tmp_path)
     try:
@@ -142,6 +143,7 @@ def test_postgres_stopped_during_load(fault_stack, tmp_path):
         service.stop()
 
 
+@pytest.mark.timing
 def test_pgbouncer_restarted_during_load(fault_stack, tmp_path):
     service = start_service(fault_stack, tmp_path)
     try:
@@ -158,6 +160,7 @@ def test_pgbouncer_restarted_during_load(fault_stack, tmp_path):
         service.stop()
 
 
+@pytest.mark.timing
 def test_terminated_server_connections_are_replaced(fault_stack, tmp_path):
     service = start_service(fault_stack, tmp_path)
     try:
@@ -185,6 +188,7 @@ def test_terminated_server_connections_are_replaced(fault_stack, tmp_path):
         service.stop()
 
 
+@pytest.mark.timing
 def test_sigterm_finishes_in_flight_flushes_counters_loses_nothing(fault_stack, tmp_path):
     # Counters are flushed only at shutdown here (interval far longer than the test).
     service = start_service(fault_stack, tmp_path, flush_interval_s=600, shutdown_grace_s=10)
@@ -212,6 +216,7 @@ def test_sigterm_finishes_in_flight_flushes_counters_loses_nothing(fault_stack, 
     assert stats == (25, 175)
 
 
+@pytest.mark.timing
 def test_pool_exhaustion_waits_at_most_the_bound_then_503(fault_stack, tmp_path):
     service = start_service(fault_stack, tmp_path, pool_size=2)
     user = uuid.uuid4()

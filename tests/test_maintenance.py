@@ -147,6 +147,7 @@ def test_usage_errors_exit_2(maint_env, tmp_path):
     assert far.returncode == 2 and "current month" in report(far)["message"]
 
 
+@pytest.mark.timing
 def test_unreachable_database_is_retried_then_fails(maint_env):
     from cachesvc.localstack import free_port
 

@@ -7,10 +7,12 @@ import json
 import uuid
 
 import httpx2
+import pytest
 
 from tests.conftest import LiveService, metric, metrics_text
 
 
+@pytest.mark.timing
 def test_rate_limit_per_user_with_retry_after(stack, tokens, tmp_path):
     service = LiveService(stack, tmp_path / "service.log", rate_limit_per_s=0.5, rate_limit_burst=3)
     try:
@@ -59,6 +61,7 @@ def test_access_log_has_ids_and_pseudonyms_never_tokens_or_content(stack, tokens
     assert metric(metrics, "cachesvc_cache_lookups_total", {"content_type": "chapter", "result": "miss"}) == 1
 
 
+@pytest.mark.timing
 def test_startup_retries_then_gives_up_with_a_clear_message(stack, tmp_path):
     import os
     import subprocess

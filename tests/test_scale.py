@@ -209,6 +209,7 @@ def test_feature_reads_are_served_by_the_standby_and_a_lagging_one_is_skipped(pa
     set_marker(pair, "before")
 
 
+@pytest.mark.timing
 def test_cache_reads_window_token_and_lag_bound(pair, services, tokens):
     """With replay paused: the writer's own process reads its write (window); another process
     reads the standby's older entry, unless it is given the write's consistency token; a
@@ -252,6 +253,7 @@ def test_a_malformed_consistency_token_is_refused(services, tokens):
     assert res.json()["error"]["field"] == "X-Consistency-Token"
 
 
+@pytest.mark.timing
 def test_delete_and_erase_answer_with_a_token_that_later_reads_respect(pair, services, tokens):
     a, b = services["tolerant_a"], services["tolerant_b"]
     user = uuid.uuid4()
@@ -316,6 +318,7 @@ def test_reads_fall_back_to_the_primary_while_the_standby_is_down(pair, services
 # -- stateless processes ------------------------------------------------------------------
 
 
+@pytest.mark.timing
 def test_two_processes_counting_hits_on_one_entry_add_up(pair, services, tokens):
     a, b = services["tolerant_a"], services["tolerant_b"]
     user, key = uuid.uuid4(), "counted"
@@ -412,6 +415,7 @@ def test_coalesced_reads_on_the_replica_never_cross_users(pair, services, tokens
     assert metric_sum(a, "cachesvc_replica_fallbacks_total") == fallbacks  # none of these reads was redone
 
 
+@pytest.mark.timing
 def test_writes_never_go_to_the_standby(pair, services, tokens):
     """Every write, counter and hot-key flush of a replica-reading service lands on the primary;
     the standby's log would show any write attempted there, as the forbidden path proves."""

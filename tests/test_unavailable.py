@@ -6,12 +6,14 @@ import time
 import uuid
 
 import httpx2
+import pytest
 
 from cachesvc import pgbouncer
 from cachesvc.localstack import LocalPgBouncer, free_port
 from tests.conftest import LiveService
 
 
+@pytest.mark.timing
 def test_pgbouncer_down_gives_503_then_recovers(stack, tokens, tmp_path):
     port = free_port()
     url = f"postgresql://cachesvc_app:{stack.passwords['cachesvc_app']}@127.0.0.1:{port}/cachesvc"
