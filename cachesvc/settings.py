@@ -64,7 +64,7 @@ class Settings:
 
     pool_size: int = _setting(10, help="fixed size of the service's connection pool")
 
-    # -- read replica (cachesvc.replica, cachesvc.routing; README "Scaling") --
+    # -- read replica (cachesvc.db.replica, cachesvc.db.routing; docs/scaling.md) --
     read_database_url: str = _setting(
         "", secret=True,
         help="optional DSN of a hot standby of the primary, through its own PgBouncer: feature lookups and cache reads go there",
@@ -130,7 +130,7 @@ class Settings:
         "", help="comma-separated allow-list of feature tables (empty: every table of the schema)"
     )
     features_strategy: str = _setting(
-        "statement", help="statement (one UNION ALL statement) or pipeline (one statement per table, pipelined)"
+        "statement", help="statement (one statement, a scalar subquery per table) or pipeline (one statement per table); either way one round trip"
     )
     features_open_to_users: bool = _setting(
         False, help="let user tokens read features (by default only service_role tokens may)"

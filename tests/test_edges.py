@@ -16,7 +16,7 @@ import pytest
 
 from cachesvc import keys
 from cachesvc.cache.models import MAX_COST_USD
-from cachesvc.replica import LSN_RE
+from cachesvc.db.lsn import LSN_RE
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_the_key_rule_reads_the_same_in_python_json_schema_and_ecmascript():
 
 
 def test_node_fetch_of_dot_keys_deletes_nothing(service, victim, admin):
-    """The README's own client pattern: fetch() removes dot segments, then follows redirects."""
+    """The client pattern of docs/api.md: fetch() removes dot segments, then follows redirects."""
     user, h, before = victim
     script = """
         const [base, auth] = process.argv.slice(1);

@@ -1,4 +1,4 @@
-"""The README's fault promises, each proven by a test that tells its cause apart.
+"""The fault promises of docs/operations.md, each proven by a test that tells its cause apart.
 
 A hung server (SIGSTOP, not refused) answers 503 within ``CACHESVC_REQUEST_TIMEOUT_S`` and is
 counted as ``DatabaseTimeout``; a backend terminated mid-request is retried once for GET and

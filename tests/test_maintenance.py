@@ -547,3 +547,16 @@ def test_schedule_files_name_real_commands():
     crontab = texts[-1]
     for script in ("create-partitions", "cleanup-expired", "archive-audit", "check-partition-health"):
         assert script in crontab
+
+
+def test_scheduled_health_checks_write_the_metrics_the_alerts_read():
+    """The partition and maintenance alerts read `cachesvc health partitions --metrics-file`'s
+    output: a schedule that runs the check without it leaves them blind (and fires the stale alert)."""
+    deploy = PROJECT_ROOT / "deploy"
+    unit = (deploy / "systemd" / "cachesvc-health.service").read_text()
+    cron = [line for line in (deploy / "cron" / "cachesvc.crontab").read_text().splitlines()
+            if "check-partition-health" in line and not line.startswith("#")]
+    exec_start = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start and cron
+    for line in exec_start + cron:
+        assert "--metrics-file " in line and ".prom" in line, line

@@ -1,0 +1,113 @@
+"""``docs/settings.md``, rendered from the settings' own metadata (name, default, help).
+
+Regenerate it after changing a setting::
+
+    python -m cachesvc.settings_doc > docs/settings.md
+
+``tests/test_docs.py`` fails while the file differs from what ``render()`` returns. Settings
+that belong to a group (a nested settings dataclass, or ``group`` in a field's metadata) get a
+section per group; otherwise every setting is one table. A secret setting shows no default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+from cachesvc.settings import PREFIX, Settings
+
+COMMAND = "python -m cachesvc.settings_doc > docs/settings.md"
+
+HEADER = f"""\
+# Settings
+
+<!-- Generated from cachesvc/settings.py by `{COMMAND}`: do not edit by hand. -->
+
+Configuration comes only from `{PREFIX}*` environment variables, read once at start-up into
+one settings object. Any variable may be given as `<NAME>_FILE` instead: the path of a file
+holding the value (stripped), the way container orchestrators and systemd credentials hand
+secrets over. `cachesvc settings` prints the effective values with secrets masked (a DSN shows
+all but its password). The defaults
+suit the local stack that `scripts/dev` starts; there is no built-in JWT secret.
+"""
+
+FOOTER = """\
+Outside the settings object, the local stack (`scripts/dev`, the tests and the benchmarks)
+reads `CACHESVC_PG_BINDIR`: the directory of PostgreSQL's server binaries when they are not
+under `/usr/lib/postgresql/<N>/bin`.
+"""
+
+
+def _hints(cls: type) -> dict[str, object]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: treat every field as a value
+        return {}
+
+
+def _default(f: dataclasses.Field) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _render_default(f: dataclasses.Field) -> str:
+    if f.metadata.get("secret"):
+        return "(secret: not shown)"
+    value = _default(f)
+    if value is None or value == "":
+        return "(none)"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, Path):
+        value = str(value)
+    return f"`{value}`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _env_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("env") or PREFIX + f.name.upper()
+
+
+def _groups(cls: type) -> list[tuple[str | None, list[dataclasses.Field]]]:
+    """(group, its settings) in declaration order; one group ``None`` when there are none."""
+    hints = _hints(cls)
+    groups: dict[str | None, list[dataclasses.Field]] = {}
+    for f in dataclasses.fields(cls):
+        nested = hints.get(f.name)
+        if isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            name = f.metadata.get("group") or f.name
+            groups.setdefault(name, []).extend(dataclasses.fields(nested))
+        else:
+            groups.setdefault(f.metadata.get("group"), []).append(f)
+    return list(groups.items())
+
+
+def _table(fields: list[dataclasses.Field]) -> list[str]:
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in fields:
+        lines.append(f"| `{_env_name(f)}` | {_render_default(f)} | {_cell(f.metadata.get('help', ''))} |")
+    return lines
+
+
+def render(cls: type = Settings) -> str:
+    """The whole of ``docs/settings.md``."""
+    lines = [HEADER]
+    groups = _groups(cls)
+    if len(groups) == 1 and groups[0][0] is None:
+        lines += _table(groups[0][1]) + [""]
+    else:
+        for name, fields in groups:
+            lines += [f"## {name or 'general'}", ""] + _table(fields) + [""]
+    lines.append(FOOTER)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
