@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.cache.counters import Counters
-from cachesvc.routing import ReadRouter
+from cachesvc.db.routing import ReadRouter
 
 MAX_CONTENT_TYPES = 50
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

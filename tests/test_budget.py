@@ -1,4 +1,4 @@
-"""One time budget per request (cachesvc.transaction): with PostgreSQL stopped or killed, every
+"""One time budget per request (cachesvc.db.transaction): with PostgreSQL stopped or killed, every
 database path (GET, PUT, lookup, feature lookups) answers 503 with Retry-After within
 ``CACHESVC_REQUEST_TIMEOUT_S`` plus 0.5 s — the wait for a pooled connection, the attempt
 and its retry included — and the service serves again once the database is back."""

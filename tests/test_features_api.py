@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from cachesvc import db
+from cachesvc.db.pools import create_pool, open_pool
 from cachesvc.features import catalog
 from cachesvc.features.reader import FeatureReader
 from cachesvc.localstack import SUPERUSER
@@ -340,8 +340,8 @@ def test_statement_and_pipeline_strategies_agree_with_the_database(stack, admin,
     keys = probe_keys(feature_data, random.Random(2))[:100]
 
     async def run():
-        pool = db.create_pool(settings)
-        await db.open_pool(pool, settings)
+        pool = create_pool(settings)
+        await open_pool(pool, settings)
         try:
             async with pool.connection() as conn:
                 found = await catalog.discover(conn, "features", TABLES)

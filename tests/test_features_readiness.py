@@ -14,7 +14,7 @@ import httpx2
 import psycopg
 import pytest
 
-from cachesvc import db
+from cachesvc.db.pools import create_pool, open_pool
 from cachesvc.features import catalog, warmup
 from cachesvc.features.reader import FeatureReader
 from cachesvc.localstack import SUPERUSER
@@ -136,8 +136,8 @@ def test_without_pg_prewarm_warm_up_reads_index_pages(stack, warm_table, admin):
         ).fetchone()
 
     async def run():
-        pool = db.create_pool(settings)
-        await db.open_pool(pool, settings)
+        pool = create_pool(settings)
+        await open_pool(pool, settings)
         try:
             async with pool.connection() as conn:
                 found = await catalog.discover(conn, "features", [WARM])

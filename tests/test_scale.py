@@ -28,7 +28,7 @@ import pytest
 from psycopg import errors
 
 from cachesvc.localstack import SUPERUSER, LocalStack
-from cachesvc.replica import parse_lsn
+from cachesvc.db.lsn import parse_lsn
 from tests.conftest import (LiveService, acting_as, insert_entry, metric, metric_samples, metric_sum, throwaway_stack,
                             token_maker)
 from tests.feature_tables import create_table, maintainer, service_headers

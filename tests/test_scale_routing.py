@@ -10,8 +10,9 @@ from collections import deque
 
 import pytest
 
-from cachesvc.replica import ReplicaMonitor, Sample, covered_since, format_lsn, parse_lsn
-from cachesvc.routing import ReadRouter, RecentWriters, Target
+from cachesvc.db.lsn import format_lsn, parse_lsn
+from cachesvc.db.replica import ReplicaMonitor, Sample, covered_since
+from cachesvc.db.routing import ReadRouter, RecentWriters, Target
 from cachesvc.settings import Settings, SettingsError
 
 

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cachesvc import auth, db, migrations
+from cachesvc import auth, migrations
 from cachesvc.api import cache, errors, openapi
 from cachesvc.api import features as feature_routes
 from cachesvc.cache.counters import Counters
@@ -26,10 +26,11 @@ from cachesvc.ratelimit import RateLimiter
 from cachesvc.features.catalog import CatalogError
 from cachesvc.logs import AccessLog
 from cachesvc.features.service import FeatureService
-from cachesvc.replica import ReplicaMonitor
-from cachesvc.routing import ReadRouter
+from cachesvc.db.pools import create_check_pools, create_pool, create_read_pool, open_pool
+from cachesvc.db.replica import ReplicaMonitor
+from cachesvc.db.routing import ReadRouter
+from cachesvc.db.transaction import Budget, start_budget
 from cachesvc.settings import Settings
-from cachesvc.transaction import Budget, start_budget
 
 log = logging.getLogger("cachesvc.api")
 
@@ -188,9 +189,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.metrics = Metrics()
         state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         state.tokens = auth.VerifiedTokens(settings.jwt_secret, settings.jwt_audience)
-        state.pool = db.create_pool(settings)
-        state.read_pool = db.create_read_pool(settings)
-        state.check_pools = db.create_check_pools(settings)
+        state.pool = create_pool(settings)
+        state.read_pool = create_read_pool(settings)
+        state.check_pools = create_check_pools(settings)
         state.replica = ReplicaMonitor(*state.check_pools, state.read_pool, settings) if state.check_pools else None
         state.router = ReadRouter(state.replica, settings)
         state.counters = Counters()
@@ -199,7 +200,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             read_pool=state.read_pool, router=state.router,
         )
         state.metrics.watch(state.pool, state.read_pool, state.counters, state.store.batchers.values(), state.router)
-        await db.open_pool(state.pool, settings)
+        await open_pool(state.pool, settings)
         monitor = await start_replica(state)
         try:
             state.features = state.metrics.features = await FeatureService.open(

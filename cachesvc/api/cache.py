@@ -16,7 +16,7 @@ from cachesvc.api.identity import acting_user
 from cachesvc.cache import models
 from cachesvc.cache.store import Actor, CacheStore
 from cachesvc.ratelimit import retry_after
-from cachesvc.replica import LSN_RE, parse_lsn
+from cachesvc.db.lsn import LSN_RE, parse_lsn
 from cachesvc.settings import Settings
 
 _encode = msgspec.json.Encoder().encode

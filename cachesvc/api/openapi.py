@@ -9,7 +9,7 @@ import msgspec
 from cachesvc import __version__, keys
 from cachesvc.cache import models
 from cachesvc.features import models as feature_models
-from cachesvc.replica import LSN_RE
+from cachesvc.db.lsn import LSN_RE
 from cachesvc.settings import Settings
 
 REF = "#/components/schemas/{name}"

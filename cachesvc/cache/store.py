@@ -1,18 +1,17 @@
-"""The cache store: each operation is one transaction, sent as one query string.
+"""The cache store: the cache's SQL and its mapping; each operation is one transaction.
 
 Every transaction is ``BEGIN; set_config(user, timeouts); <statements>; COMMIT``, sent by the
-one runner (cachesvc.transaction) as one simple-protocol query string within the request's
+one runner (cachesvc.db.transaction) as one simple-protocol query string within the request's
 time budget: one network round trip, and with PgBouncer in transaction mode the user setting
-lives and dies with the transaction. Reads go through the
-batcher (batcher.py), which lets concurrent reads of several users share one transaction.
-Row-level security is the wall; the explicit ``user_id = …`` in every statement is the second
+lives and dies with the transaction. Reads go through the batcher (batcher.py), which lets
+concurrent reads of several users share one transaction. Row-level security is the wall; the explicit ``user_id = …`` in every statement is the second
 one (and lets the planner use the lookup index directly).
 
-With a read replica (cachesvc.routing), each read is routed to the replica or the primary
-before it joins a batch, and each target has a batcher of its own; a batch on the replica
-that fails is run again on the primary. Writes always go to the primary, and each returns the
-primary's WAL position after its COMMIT: the consistency token a client may send back with a
-read (a replica serves it only once it has replayed that far).
+A read, in one line: the router chooses its server once (``ReadRouter.choose``), the read joins
+that server's batcher, and the batch runs there through ``Reads.run`` (cachesvc.db.routing),
+which runs it again on the primary if the replica fails it. Writes always go to the primary,
+and each returns the primary's WAL position after its COMMIT: the consistency token a client
+may send back with a read (a replica serves it only once it has replayed that far).
 """
 
 from __future__ import annotations
@@ -31,10 +30,10 @@ from cachesvc.cache import rawjson
 from cachesvc.cache.batcher import ReadBatcher, Triple
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.models import CacheEntry, ContentTypeStats, LookupItem, PutEntry, StatsResponse
-from cachesvc.replica import format_lsn
-from cachesvc.routing import ReadRouter, Target
+from cachesvc.db.lsn import format_lsn
+from cachesvc.db.routing import ReadRouter, Reads, Target
+from cachesvc.db.transaction import Budget, Transactions, within_budget
 from cachesvc.settings import Settings
-from cachesvc.transaction import Budget, Transactions, within_budget
 
 # content_raw / metadata_raw hold JSON text that jsonb refuses (rawjson.py), verbatim.
 ENTRY_COLUMNS = (
@@ -181,6 +180,16 @@ def _entry(row: Sequence) -> tuple[tuple[int, dt.datetime], CacheEntry]:
     return (id_, created_at), entry
 
 
+def _acting_as(user_id: uuid.UUID) -> list[tuple[str, str]]:
+    """The transaction-local setting that row-level security reads: one user."""
+    return [("cachesvc.user_id", str(user_id))]
+
+
+def _reading_for(users: Sequence[uuid.UUID]) -> list[tuple[str, str]]:
+    """A coalesced read's setting: exactly the users of the batch (read-only; see batcher.py)."""
+    return [("cachesvc.user_ids", ",".join(sorted({str(u) for u in users})))]
+
+
 class CacheStore:
     def __init__(
         self,
@@ -193,31 +202,23 @@ class CacheStore:
         router: ReadRouter | None = None,
     ) -> None:
         self.pool = pool
-        self.pools = {Target.PRIMARY: pool, Target.REPLICA: read_pool}
         self.router = router or ReadRouter(None, settings)
         self.settings = settings
         self.counters = counters
         self.transactions = Transactions.from_settings(settings, on_retry)
+        self.reads = Reads(self.transactions, self.router, pool, read_pool)
         self.batchers = (
             {t: ReadBatcher(functools.partial(self._read_batch, t), settings.read_lanes) for t in Target}
             if settings.read_lanes > 0 else {}
         )
 
     async def _transaction(
-        self, user_id: uuid.UUID | None, statements: list[tuple[str, object]], *, retry: bool = True,
-        readers: Sequence[uuid.UUID] = (), target: Target = Target.PRIMARY, then: str | None = None,
-        budget: Budget | None = None, read_only: bool = False,
+        self, user_id: uuid.UUID, statements: list[tuple[str, object]], *, retry: bool = True,
+        then: str | None = None, read_only: bool = False,
     ) -> list[list[tuple]]:
-        """``statements`` in one transaction acting as ``user_id`` (or, for a coalesced read,
-        as exactly ``readers``), through the one runner (cachesvc.transaction). On the replica
-        never retried: the router falls back to the primary instead."""
-        if readers:
-            context = [("cachesvc.user_ids", ",".join(sorted({str(u) for u in readers})))]
-        else:
-            context = [("cachesvc.user_id", str(user_id))]
+        """``statements`` in one transaction on the primary, acting as ``user_id``."""
         return await self.transactions.run(
-            self.pools[target], statements, context=context, then=then, budget=budget, read_only=read_only,
-            retry=retry and target is Target.PRIMARY,
+            self.pool, statements, context=_acting_as(user_id), then=then, read_only=read_only, retry=retry
         )
 
     # -- reads ---------------------------------------------------------------------------
@@ -230,7 +231,7 @@ class CacheStore:
         if self.batchers:
             (row,) = await within_budget(self.batchers[target].fetch([(user_id, content_type, key)]))
         else:
-            (rows,) = await self._read(target, user_id, GET, (user_id, content_type, key))
+            (rows,) = await self.reads.run(target, [(GET, (user_id, content_type, key))], context=_acting_as(user_id))
             row = rows[0] if rows else None
         if row is None:
             self.counters.miss(user_id, content_type)
@@ -245,15 +246,9 @@ class CacheStore:
         users = [t[0] for t in triples]
         statement = (BATCH_GET, (users, [t[1] for t in triples], [t[2] for t in triples]))
         budget = Budget(self.settings.request_timeout_s)
-        (rows,) = await self.router.run(
-            target, lambda on: self._transaction(None, [statement], readers=users, target=on, budget=budget, read_only=True)
-        )
+        (rows,) = await self.reads.run(target, [statement], context=_reading_for(users), budget=budget)
         found = {row[0]: row[1:] for row in rows}
         return [found.get(ordinal) for ordinal in range(1, len(triples) + 1)]
-
-    async def _read(self, target: Target, user_id: uuid.UUID, sql: str, params: tuple) -> list[list[tuple]]:
-        """One uncoalesced read (read_lanes = 0), on ``target`` with fallback to the primary."""
-        return await self.router.run(target, lambda on: self._transaction(user_id, [(sql, params)], target=on, read_only=True))
 
     async def lookup(
         self, user_id: uuid.UUID, items: list[LookupItem], *, after_lsn: int | None = None
@@ -262,9 +257,8 @@ class CacheStore:
         if self.batchers:
             rows = await within_budget(self.batchers[target].fetch([(user_id, i.content_type, i.key) for i in items]))
         else:
-            (found,) = await self._read(
-                target, user_id, LOOKUP, ([i.content_type for i in items], [i.key for i in items], user_id)
-            )
+            params = ([i.content_type for i in items], [i.key for i in items], user_id)
+            (found,) = await self.reads.run(target, [(LOOKUP, params)], context=_acting_as(user_id))
             by_ordinal = {row[0]: row[1:] for row in found}
             rows = [by_ordinal.get(n) for n in range(1, len(items) + 1)]
         results: list[CacheEntry | None] = []

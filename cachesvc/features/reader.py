@@ -1,6 +1,6 @@
 """Feature lookups: N entity keys x M feature tables in one network round trip.
 
-Two ways to send a lookup, both one transaction through the runner (cachesvc.transaction:
+Two ways to send a lookup, both one transaction through the runner (cachesvc.db.transaction:
 one query string, one round trip, within the request's time budget, retried once on a lost
 connection):
 
@@ -35,7 +35,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.features.catalog import Catalog, FeatureTable
-from cachesvc.transaction import Statement, Transactions
+from cachesvc.db.transaction import Statement, Transactions
 
 STRATEGIES = ("statement", "pipeline")
 MAX_KEYS = 100
@@ -127,7 +127,7 @@ class FeatureReader:
         self.catalog = catalog
         self.strategy = strategy
         self.transactions = transactions or Transactions()
-        self.retry = retry  # not on a replica: the router runs a failed lookup on the primary
+        self.retry = retry  # not on a replica: a read that fails there is the primary's to answer
         self._statements: dict[tuple[str, ...], sql.Composed] = {}
         self._per_table = {t.name: _per_table(t) for t in catalog.tables.values()}
 

@@ -1,6 +1,6 @@
 """The feature read path's lifecycle inside the service: catalog, reader, hot keys, warm-up.
 
-With a read replica, lookups go there (cachesvc.routing) once the replica's buffers are warm:
+With a read replica, lookups go there (cachesvc.db.routing) once the replica's buffers are warm:
 each time the replica's server (re)starts, its tables are warmed up the way the primary's are
 before ``/readyz`` turns ready, while lookups stay on the primary. The primary's warm-up and
 readiness gate do not depend on the replica.
@@ -20,22 +20,23 @@ from cachesvc.features import warmup
 from cachesvc.features.catalog import FeatureTable
 from cachesvc.features.hotkeys import HotKeys
 from cachesvc.features.readiness import Readiness
-from cachesvc.features.reader import FeatureReader, Features
-from cachesvc.routing import ReadRouter, Target
+from cachesvc.db.routing import ReadRouter, Reads
+from cachesvc.db.transaction import Transactions
+from cachesvc.features.reader import CONTEXT, FeatureReader, Features
 from cachesvc.settings import Settings
-from cachesvc.transaction import Transactions
 
 log = logging.getLogger("cachesvc.features")
 
 
 class FeatureService:
     def __init__(
-        self, reader: FeatureReader, hot_keys: HotKeys, readiness: Readiness,
-        router: ReadRouter | None = None, replica_reader: FeatureReader | None = None,
+        self, reader: FeatureReader, hot_keys: HotKeys, readiness: Readiness, reads: Reads,
+        replica_reader: FeatureReader | None = None,
     ) -> None:
         self.reader = reader  # the primary's: warm-up, readiness, statistics
-        self.readers = {Target.PRIMARY: reader, Target.REPLICA: replica_reader}
-        self.router = router
+        self.replica_reader = replica_reader  # the replica's: its warm-up
+        self.reads = reads  # lookups, on the server the router chooses
+        self.router = reads.router
         self.catalog = reader.catalog
         self.hot_keys = hot_keys
         self.readiness = readiness
@@ -44,13 +45,13 @@ class FeatureService:
 
     async def lookup(self, keys: list[str], tables: list[FeatureTable]) -> list[Features]:
         """Features of ``keys``: on the replica when it is usable and warm, else on the primary."""
-        if self.router is None:
-            return await self.reader.lookup(keys, tables)
         target = self.router.choose(warm=self.replica_warm())
-        return await self.router.run(target, lambda on: self.readers[on].lookup(keys, tables))
+        plan = self.reader.plan(keys, tables)
+        results = await self.reads.run(target, plan.statements, context=CONTEXT) if plan.statements else []
+        return plan.collect(results)
 
     def replica_warm(self) -> bool:
-        monitor = self.router.monitor if self.router else None
+        monitor = self.router.monitor
         if monitor is None or not self.readiness.enabled:
             return True
         return monitor.server_started_at is not None and self.replica_warmed_for == monitor.server_started_at
@@ -65,7 +66,7 @@ class FeatureService:
                 continue
             try:
                 report = await warmup.warm_up(
-                    self.readers[Target.REPLICA],
+                    self.replica_reader,
                     prewarm_fraction=settings.features_prewarm_fraction,
                     hot_key_limit=settings.features_warmup_hot_keys,
                     lookups=settings.features_warmup_lookups,
@@ -105,12 +106,13 @@ class FeatureService:
 
         reader = reader_on(pool, True)
         replica_reader = reader_on(read_pool, False) if read_pool is not None else None
-        service = cls(reader, HotKeys(), Readiness(reader, settings), router, replica_reader)
+        reads = Reads(transactions, router or ReadRouter(None, settings), pool, read_pool)
+        service = cls(reader, HotKeys(), Readiness(reader, settings), reads, replica_reader)
         service._tasks = [
             asyncio.create_task(service.readiness.run(), name="features-warmup"),
             asyncio.create_task(service.hot_keys.run(pool, settings.flush_interval_s), name="features-hot-keys"),
         ]
-        if replica_reader is not None and router is not None and router.monitor is not None and settings.features_warmup:
+        if replica_reader is not None and service.router.monitor is not None and settings.features_warmup:
             service._tasks.append(asyncio.create_task(service._warm_replica(settings), name="features-replica-warmup"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(service.readiness.ready.wait(), settings.features_warmup_wait_s)

@@ -3,7 +3,7 @@
 Without ``CACHESVC_READ_DATABASE_URL`` every read goes to the primary. With it, a read goes
 to the replica unless one of these sends it to the primary:
 
-1. the replica is not usable (cachesvc.replica): down, not a standby of our primary, not
+1. the replica is not usable (replica.py): down, not a standby of our primary, not
    checked yet, or possibly more than ``replica_max_lag_s`` behind;
 2. read-your-writes: a user of the read wrote (PUT, DELETE, erase) through this process in
    the last ``read_your_writes_s`` seconds. The window is at least the lag bound, so once it
@@ -17,6 +17,10 @@ any database error) is run again on the primary, without an error for the client
 refused connection also marks the replica down at once, until a later check finds it well; a
 slow or busy replica is left to the monitor's checks, which have connections of their own.
 
+The choice is made once per read, by ``ReadRouter.choose``, and travels with it (a coalesced
+read joins the batch of its server); ``Reads.run`` then runs the read there through the one
+transaction runner, and goes to the primary only when the replica fails it.
+
 Writes, erase, statistics and the counter flushes never come here: they use the primary's pool.
 """
 
@@ -26,14 +30,17 @@ import enum
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import psycopg
 import psycopg_pool
+from psycopg_pool import AsyncConnectionPool
 
-from cachesvc.db import Bounded, connection_lost
-from cachesvc.replica import ReplicaMonitor
+from cachesvc.db.bounded import Bounded
+from cachesvc.db.errors import connection_lost
+from cachesvc.db.replica import ReplicaMonitor
+from cachesvc.db.transaction import Budget, Statement, Transactions
 from cachesvc.settings import Settings
 
 T = TypeVar("T")
@@ -79,6 +86,8 @@ class RecentWriters:
 
 
 class ReadRouter:
+    """Chooses the server of each read, once; runs an attempt there, falling back to the primary."""
+
     def __init__(
         self, monitor: ReplicaMonitor | None, settings: Settings, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -116,9 +125,9 @@ class ReadRouter:
         return None
 
     async def run(self, target: Target, attempt: Callable[[Target], Awaitable[T]]) -> T:
-        """``attempt(target)``; on the replica bounded by ``replica_timeout_s``, and run again
-        on the primary if the replica fails (or stopped being usable since the choice)."""
-        if target is Target.PRIMARY or not self.monitor.usable(self.clock()):
+        """``attempt(target)``, as chosen; on the replica bounded by ``replica_timeout_s``, and
+        run again on the primary if the replica fails."""
+        if target is Target.PRIMARY:
             return await attempt(Target.PRIMARY)
         try:
             return await self._bounded(attempt(Target.REPLICA), self.timeout_s)
@@ -127,6 +136,34 @@ class ReadRouter:
                 self.monitor.mark_failed(exc)
             self.fallbacks[type(exc).__name__] += 1
         return await attempt(Target.PRIMARY)
+
+
+class Reads:
+    """Read-only transactions through the one runner, each on the server chosen for it."""
+
+    def __init__(
+        self, transactions: Transactions, router: ReadRouter, primary: AsyncConnectionPool,
+        replica: AsyncConnectionPool | None = None,
+    ) -> None:
+        self.transactions = transactions
+        self.router = router
+        self.pools = {Target.PRIMARY: primary, Target.REPLICA: replica}
+
+    async def run(
+        self, target: Target, statements: Sequence[Statement], *,
+        context: Sequence[tuple[str, str]] = (), budget: Budget | None = None,
+    ) -> list[list[tuple]]:
+        """``statements`` in one read-only transaction on ``target`` (``Transactions.run``).
+
+        Retried once on the primary after a lost connection; never on the replica, whose
+        failure is run again on the primary instead."""
+
+        def attempt(on: Target) -> Awaitable[list[list[tuple]]]:
+            return self.transactions.run(
+                self.pools[on], statements, context=context, read_only=True, retry=on is Target.PRIMARY, budget=budget
+            )
+
+        return await self.router.run(target, attempt)
 
 
 def _replica_gone(exc: psycopg.Error) -> bool:

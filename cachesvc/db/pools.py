@@ -1,7 +1,9 @@
 """The service's connection pools: fixed size, checked on checkout, PgBouncer-safe.
 
 One pool for the primary (``CACHESVC_DATABASE_URL``) and, when a read replica is configured,
-one for it (``CACHESVC_READ_DATABASE_URL``), made the same way.
+one for it (``CACHESVC_READ_DATABASE_URL``), made the same way, plus one connection to each
+server for the replica's lag checks. Autocommit: every transaction is sent whole, BEGIN to
+COMMIT, as one query string by the runner (cachesvc.db.transaction).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ log = logging.getLogger("cachesvc.db")
 
 def connection_kwargs(settings: Settings) -> dict:
     kwargs = {
-        # Each request sends its own BEGIN ... COMMIT inside one pipeline (one round trip).
+        # Each request sends its own BEGIN ... COMMIT in one query string (cachesvc.db.transaction).
         "autocommit": True,
         "connect_timeout": settings.connect_timeout_s,
         "application_name": "cachesvc",
@@ -40,7 +42,7 @@ def connection_kwargs(settings: Settings) -> dict:
 # A connection used within this many seconds is handed out without a check: checking every
 # checkout costs a full round trip per request (measured: 8.5 % of the service's CPU under
 # load). A busy connection is known good; one that sat idle is checked first. A connection
-# that still dies under a request is handled by the store's retry (reads and PUT).
+# that still dies under a request is handled by the runner's retry (reads and PUT).
 CHECK_IF_IDLE_S = 5.0
 
 
@@ -74,7 +76,7 @@ def create_read_pool(settings: Settings) -> AsyncConnectionPool | None:
     """The read replica's pool (None without ``CACHESVC_READ_DATABASE_URL``).
 
     Open it with ``open(wait=False)``: the service starts, and stays ready, while the replica
-    is down; reads go to the primary meanwhile (cachesvc.routing).
+    is down; reads go to the primary meanwhile (cachesvc.db.routing).
     """
     if not settings.read_database_url:
         return None
@@ -93,50 +95,6 @@ def _fixed_pool(url: str, size: int, settings: Settings, name: str) -> AsyncConn
         name=name,
         open=False,
     )
-
-
-class DatabaseTimeout(psycopg.OperationalError):
-    """The database did not answer within the time budget of the request (or attempt)."""
-
-
-def connection_lost(exc: psycopg.OperationalError) -> bool:
-    """The attempt failed because its connection died (not a timeout, a lock wait or a conflict)."""
-    if isinstance(exc, DatabaseTimeout | psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
-        return False
-    state = exc.sqlstate or ""
-    return not state or state.startswith(("08", "57P"))
-
-
-class Bounded:
-    """Awaits database work for at most a time budget.
-
-    Past it the caller gets ``DatabaseTimeout`` at once, while the work is cancelled in the
-    background (psycopg cancels the query or closes the connection; the pool replaces it).
-    """
-
-    def __init__(self) -> None:
-        self._background: set[asyncio.Task] = set()
-
-    async def __call__(self, coro, timeout: float):
-        task = asyncio.ensure_future(coro)
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            self._abandon(task)
-            raise DatabaseTimeout(f"no answer from the database within {timeout}s") from None
-        except asyncio.CancelledError:
-            self._abandon(task)
-            raise
-
-    def _abandon(self, task: asyncio.Task) -> None:
-        task.cancel()
-        self._background.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task) -> None:
-        self._background.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved, so it is not reported as never retrieved
 
 
 async def open_pool(pool: AsyncConnectionPool, settings: Settings, first_delay: float = 0.5) -> None:

@@ -12,8 +12,8 @@ stops getting answers, is skipped once it exceeds ``replica_max_lag_s``, without
 Comparing WAL positions needs no clock of either server, and an idle primary writes no WAL,
 so an idle pair shows no lag (``now() - pg_last_xact_replay_timestamp()`` grows without bound
 when nothing is written). Both positions are read as the service's login, through PgBouncer,
-on one connection to each server kept for the checks alone (cachesvc.db.create_check_pools):
-a check never waits behind requests. Every function used is executable by PUBLIC.
+on one connection to each server kept for the checks alone (``pools.create_check_pools``): a
+check never waits behind requests. Every function used is executable by PUBLIC.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 import time
 from collections import deque
 from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
-from cachesvc.db import Bounded
+from cachesvc.db.bounded import Bounded
+from cachesvc.db.lsn import format_lsn
 from cachesvc.settings import Settings
 
 log = logging.getLogger("cachesvc.replica")
@@ -43,21 +43,6 @@ REPLICA_POSITION = """
 SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() - '0/0'::pg_lsn,
        (SELECT system_identifier FROM pg_control_system()), pg_postmaster_start_time()
 """
-
-LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
-
-
-def parse_lsn(text: str) -> int:
-    """``16/B374D848`` -> a byte position; ValueError if it is not one."""
-    match = LSN_RE.match(text.strip())
-    if not match:
-        raise ValueError(f"not a WAL position: {text!r}")
-    return (int(match[1], 16) << 32) | int(match[2], 16)
-
-
-def format_lsn(position: int) -> str:
-    """A byte position as PostgreSQL prints a pg_lsn."""
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 
 
 @dataclass(frozen=True, slots=True)

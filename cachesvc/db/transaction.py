@@ -39,7 +39,8 @@ from psycopg import AsyncClientCursor, sql
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
-from cachesvc.db import Bounded, DatabaseTimeout, connection_lost
+from cachesvc.db.bounded import Bounded
+from cachesvc.db.errors import DatabaseTimeout, connection_lost
 
 T = TypeVar("T")
 
