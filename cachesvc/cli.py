@@ -1,13 +1,13 @@
 """The ``cachesvc`` command line.
 
-Exit codes: 0 ok, 1 failure, 2 usage error (3: a check found problems; see maintenance). Machine-readable results go to stdout as
-JSON; progress and errors go to stderr.
+Exit codes, JSON output and error printing: ``cachesvc.clikit`` (0 ok, 1 failure, 2 usage
+error, 3 a check found problems). Machine-readable results go to stdout as JSON; progress and
+errors go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -15,22 +15,13 @@ import sys
 import uuid
 from pathlib import Path
 
-from cachesvc.maintenance import cli as maintenance_cli
+from cachesvc.clikit import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, error, print_json
 from cachesvc.features import cli as features_cli
+from cachesvc.maintenance import cli as maintenance_cli
 from cachesvc.settings import Settings, SettingsError
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # The user that the development token printed by `cachesvc dev` acts as.
 DEV_USER_ID = "00000000-0000-4000-8000-000000000001"
-
-
-def _print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _err(msg: str) -> None:
-    sys.stderr.write(f"cachesvc: {msg}\n")
 
 
 # --- serve / dev -------------------------------------------------------------------------
@@ -73,8 +64,8 @@ def cmd_dev(args, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        stack.start(log=lambda msg: _err(msg))
-        feature_tables = features_cli.dev_demo(stack.url(localstack.SUPERUSER), settings, _err)
+        stack.start(log=lambda msg: error(msg))
+        feature_tables = features_cli.dev_demo(stack.url(localstack.SUPERUSER), settings, error)
         secret = settings.jwt_secret or stack.jwt_secret  # a configured one, else this home's random one
         env = stack.env() | {
             "CACHESVC_HOME": str(home),
@@ -141,7 +132,7 @@ def cmd_pgbouncer_config(args, settings: Settings) -> int:
         sys.stdout.write(pgbouncer.render_ini(cfg))
         return EXIT_OK
     written = pgbouncer.write(cfg)
-    _print_json({"written": [str(p) for p in written], "listen": f"{cfg.listen_addr}:{cfg.listen_port}"})
+    print_json({"written": [str(p) for p in written], "listen": f"{cfg.listen_addr}:{cfg.listen_port}"})
     return EXIT_OK
 
 
@@ -155,7 +146,7 @@ def cmd_token(args, settings: Settings) -> int:
         try:
             uuid.UUID(args.sub)
         except ValueError:
-            _err(f"--sub must be a user uuid for role {args.role!r}")
+            error(f"--sub must be a user uuid for role {args.role!r}")
             return EXIT_USAGE
     sys.stdout.write(
         auth.mint(settings.require_jwt_secret(), sub=args.sub, role=args.role, audience=settings.jwt_audience, ttl_seconds=args.ttl) + "\n"
@@ -172,11 +163,11 @@ def cmd_roles_create_login(args, settings: Settings) -> int:
     if args.password_env:
         password = os.environ.get(args.password_env)
         if password is None:
-            _err(f"environment variable {args.password_env} is not set")
+            error(f"environment variable {args.password_env} is not set")
             return EXIT_USAGE
     with psycopg.connect(settings.admin_database_url, autocommit=True) as conn:
         created = roles.create_login(conn, args.name, args.group, password)
-    _print_json({"login": args.name, "group": args.group, "created": created})
+    print_json({"login": args.name, "group": args.group, "created": created})
     return EXIT_OK
 
 
@@ -188,12 +179,12 @@ def cmd_db(args, settings: Settings) -> int:
         migrations.upgrade(url, args.revision)
     elif args.db_command == "downgrade":
         migrations.downgrade(url, args.revision)
-    _print_json({"head": migrations.head_revision(), "action": args.db_command})
+    print_json({"head": migrations.head_revision(), "action": args.db_command})
     return EXIT_OK
 
 
 def cmd_settings(args, settings: Settings) -> int:
-    _print_json(settings.describe())
+    print_json(settings.describe())
     return EXIT_OK
 
 
@@ -255,19 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
-        _err(str(exc))
+        error(str(exc))
         return EXIT_USAGE
     try:
         return args.func(args, settings)
     except KeyboardInterrupt:
         return EXIT_OK
     except SettingsError as exc:  # a setting this command needs (e.g. the JWT secret) is missing
-        _err(str(exc))
+        error(str(exc))
         return EXIT_USAGE
     except Exception as exc:
         from cachesvc.localstack import StackError
 
         if isinstance(exc, StackError | ConnectionError | OSError) or exc.__class__.__module__.startswith("psycopg"):
-            _err(str(exc))
+            error(str(exc))
             return EXIT_FAILURE
         raise

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from cachesvc import auth
-from cachesvc.localstack import LocalPostgres, _alive, free_port, port_in_use
+from cachesvc.localstack import LocalPostgres, free_port, port_in_use
+from cachesvc.localstack.processes import alive as _alive
 from cachesvc.migrations import PROJECT_ROOT
 
 DEV = PROJECT_ROOT / "scripts" / "dev"

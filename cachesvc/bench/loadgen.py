@@ -29,11 +29,7 @@ class Result:
     rate: float | None = None  # the open loop's schedule, requests per second
 
     def percentile(self, p: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        data = sorted(self.latencies)
-        k = min(len(data) - 1, max(0, round(p / 100 * (len(data) - 1))))
-        return data[k]
+        return percentile(sorted(self.latencies), p)
 
     @property
     def throughput(self) -> float:
@@ -61,6 +57,13 @@ class Result:
             "target_rps": None if self.target_rps is None else round(self.target_rps, 1),
             "target_met": self.target_met(),
         }
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (0-100) of samples sorted ascending; NaN when there are none."""
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
 
 
 def build_request(method: str, path: str, host: str, headers: dict[str, str], body: bytes = b"") -> bytes:

@@ -28,7 +28,8 @@ from pathlib import Path
 import psycopg
 
 from cachesvc.bench import loadgen
-from cachesvc.bench.run import KEYS_PER_USER, USERS, Service, feature_requests, get_requests, machine, say, seed
+from cachesvc.bench.measure import KEYS_PER_USER, USERS, Service, feature_requests, get_requests, seed
+from cachesvc.bench.report import machine, say
 from cachesvc.features import demo
 from cachesvc.localstack import SUPERUSER, LocalStack
 

@@ -1,6 +1,7 @@
 """``cachesvc features …``: warmup, stats, load, demo.
 
-JSON on stdout, progress on stderr (when it is a terminal); exit 0 ok, 1 failure, 2 usage.
+JSON on stdout, progress on stderr (when it is a terminal); exit codes of ``cachesvc.clikit``.
+``load`` is a maintenance command (``maintenance.runner``: lock, retries, summary, audit row).
 ``load``, ``demo`` and ``stats`` use the direct connection (CACHESVC_ADMIN_DATABASE_URL);
 ``warmup`` goes the service's way (CACHESVC_DATABASE_URL, through PgBouncer, as the
 service's role), so that it warms exactly what the service will read.
@@ -10,31 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import sys
 from pathlib import Path
 
-import msgspec
-
+from cachesvc.clikit import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, error, print_json, progress
+from cachesvc.maintenance import runner
 from cachesvc.settings import Settings
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
 DEV_DEMO_TABLES, DEV_DEMO_ROWS = 5, 1000
-
-
-def _print_json(obj) -> None:
-    sys.stdout.write(json.dumps(msgspec.to_builtins(obj), indent=2, default=str) + "\n")
-
-
-def _progress(msg: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(f"cachesvc: {msg}\n")
-
-
-def _err(msg: str) -> None:
-    sys.stderr.write(f"cachesvc: {msg}\n")
 
 
 def cmd_warmup(args, settings: Settings) -> int:
@@ -42,18 +26,18 @@ def cmd_warmup(args, settings: Settings) -> int:
 
 
 async def _warmup(settings: Settings) -> int:
-    from cachesvc import db
+    from cachesvc.db.pools import create_pool, open_pool
     from cachesvc.features import catalog, readiness, warmup
     from cachesvc.features.reader import FeatureReader
 
-    pool = db.create_pool(settings)
-    await db.open_pool(pool, settings)
+    pool = create_pool(settings)
+    await open_pool(pool, settings)
     try:
         async with pool.connection() as conn:
             found = await catalog.discover(conn, settings.features_schema, catalog.parse_allow_list(settings.features_tables))
         reader = FeatureReader(pool, found, strategy=settings.features_strategy)
         samples = await warmup.sample_keys(reader)
-        _progress(f"warming {len(found.tables)} tables")
+        progress(f"warming {len(found.tables)} tables")
         report = await warmup.warm_up(
             reader,
             prewarm_fraction=settings.features_prewarm_fraction,
@@ -66,7 +50,7 @@ async def _warmup(settings: Settings) -> int:
         probe = await readiness.probe(reader, keys, settings, random.Random()) if keys else None
     finally:
         await pool.close()
-    _print_json({"tables": list(found.tables), **report.as_dict(), "probe": probe.as_dict() if probe else None})
+    print_json({"tables": list(found.tables), **report.as_dict(), "probe": probe.as_dict() if probe else None})
     return EXIT_OK
 
 
@@ -77,35 +61,19 @@ def cmd_stats(args, settings: Settings) -> int:
 
     with psycopg.connect(settings.admin_database_url, autocommit=True) as conn:
         report = stats.collect_sync(conn, settings.features_schema)
-    _print_json(report)
+    print_json(report)
     for warning in report.warnings:
-        _err(f"warning: {warning}")
+        error(f"warning: {warning}")
     return EXIT_FAILURE if args.strict and report.warnings else EXIT_OK
-
-
-def cmd_load(args, settings: Settings) -> int:
-    from cachesvc.features import load
-
-    try:
-        summary = load.load_csv(
-            settings.admin_database_url, settings.features_schema, args.table, Path(args.file), progress=_progress
-        )
-    except load.LoadError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
-    if not summary["loaded"]:
-        _err(f"{args.table}: {summary['reason']}; nothing done")
-    _print_json(summary)
-    return EXIT_OK
 
 
 def cmd_demo(args, settings: Settings) -> int:
     from cachesvc.features import demo
 
     if args.tables < 1 or args.rows < 1:
-        _err("--tables and --rows must be at least 1")
+        error("--tables and --rows must be at least 1")
         return EXIT_USAGE
-    _print_json(
+    print_json(
         demo.generate(
             settings.admin_database_url,
             settings.features_schema,
@@ -113,7 +81,7 @@ def cmd_demo(args, settings: Settings) -> int:
             rows=args.rows,
             only_missing=args.only_missing,
             seed=args.seed,
-            progress=_progress,
+            progress=progress,
         )
     )
     return EXIT_OK
@@ -133,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = f_sub.add_parser("load", help="replace a feature table's rows with a CSV file (header row names the columns)")
     c.add_argument("table", help="an existing table of the feature schema")
     c.add_argument("file", help="CSV with a header row")
-    c.set_defaults(func=cmd_load)
+    runner.command(c, "features load", _load)
 
     c = f_sub.add_parser("demo", help="create (or replace) demo feature tables with realistic mixed-type rows")
     c.add_argument("--tables", type=int, default=30)
@@ -141,6 +109,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=42)
     c.add_argument("--only-missing", action="store_true", help="keep demo tables that already exist")
     c.set_defaults(func=cmd_demo)
+
+
+def _load(args, settings: Settings):
+    from cachesvc.features import load
+
+    return lambda run: load.load(run, settings.features_schema, args.table, Path(args.file))
 
 
 # -- scripts/dev -------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ table, rename the staging table and its indexes. A lookup waiting on that lock r
 the table name again once it is granted, so it reads the new table whole; one that got
 there first reads the old one whole. Everything runs as cache_maintainer (whose default
 privileges let the service read the new table) on a direct connection, never through
-PgBouncer. A second load of the same table at the same time exits saying so.
+PgBouncer. It runs as a maintenance command (``maintenance.runner``: retries, JSON summary,
+audit row), under the ``features`` lock of its one table: a second load of the same table at
+the same time exits saying so, loads of two tables go on side by side.
 """
 
 from __future__ import annotations
@@ -15,20 +17,21 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 from psycopg import errors, sql
 
 from cachesvc.features import catalog as feature_catalog
+from cachesvc.maintenance.runner import FEATURES_LOCK, Run, UsageError
+from cachesvc.maintenance.runner import lock_key as runner_lock_key
 
 STAGING_PREFIX = "_load_"
 COPY_CHUNK = 1 << 20
 SWAP_ATTEMPTS = 5
 
 
-class LoadError(RuntimeError):
+class LoadError(UsageError):
     """The input or the target table is not loadable; the message says why (usage error)."""
 
 
@@ -37,11 +40,12 @@ def staging_name(table: str) -> str:
 
 
 def lock_key(schema: str, table: str) -> str:
-    return f"cachesvc.features.load:{schema}.{table}"
+    """The advisory lock a load of ``schema.table`` holds for its whole run."""
+    return runner_lock_key(FEATURES_LOCK, f"{schema}.{table}")
 
 
 def try_lock(conn: psycopg.Connection, schema: str, table: str) -> bool:
-    """Session advisory lock for loading one table (released when the connection closes)."""
+    """The load lock of one table, for whatever else replaces it (``demo``); released when the connection closes."""
     return conn.execute(
         "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key(schema, table),)
     ).fetchone()[0]
@@ -106,8 +110,11 @@ def copy_csv(conn: psycopg.Connection, staging: sql.Composed, columns: list[str]
         return cur.rowcount
 
 
-def swap_in(conn: psycopg.Connection, schema: str, table: str, audit: dict) -> None:
-    """Replace ``table`` (if it exists) by its staging table, in one short transaction."""
+def swap_in(conn: psycopg.Connection, schema: str, table: str, audit: dict | None = None) -> None:
+    """Replace ``table`` (if it exists) by its staging table, in one short transaction.
+
+    ``audit``: an audit row to write in that transaction, for callers outside the maintenance
+    runner (``demo``); ``features load`` leaves its row to the runner."""
     staging = staging_name(table)
     conn.execute("SELECT create_monthly_audit_partition((now() AT TIME ZONE 'UTC')::date)")
     for attempt in range(1, SWAP_ATTEMPTS + 1):
@@ -129,10 +136,11 @@ def swap_in(conn: psycopg.Connection, schema: str, table: str, audit: dict) -> N
                         )
                     )
                 conn.execute(sql.SQL("GRANT SELECT ON {} TO cache_app").format(sql.Identifier(schema, table)))
-                conn.execute(
-                    "INSERT INTO public.cache_audit_log (actor, action, details) VALUES (%s, %s, %s::jsonb)",
-                    ("cachesvc features", "maintenance.features_load", json.dumps(audit)),
-                )
+                if audit is not None:
+                    conn.execute(
+                        "INSERT INTO public.cache_audit_log (actor, action, details) VALUES (%s, %s, %s::jsonb)",
+                        ("cachesvc features", "maintenance.features_load", json.dumps(audit)),
+                    )
             return
         except errors.LockNotAvailable:
             if attempt == SWAP_ATTEMPTS:
@@ -154,31 +162,29 @@ def _q(name: str) -> str:
     return feature_catalog.quote(name)
 
 
-def load_csv(
-    admin_url: str, schema: str, table: str, path: Path, *, progress: Callable[[str], None] = lambda m: None
-) -> dict:
-    """Load ``path`` (CSV with a header) into ``schema.table``; returns the JSON summary."""
+def load(run: Run, schema: str, table: str, path: Path) -> None:
+    """Load ``path`` (CSV with a header) into ``schema.table``: the body of ``features load``."""
     if not path.is_file():
         raise LoadError(f"{path}: no such file")
     header = read_header(path)
-    began = time.perf_counter()
-    with psycopg.connect(admin_url, autocommit=True, application_name="cachesvc features load") as conn:
-        conn.execute("SET ROLE cache_maintainer")
-        if not try_lock(conn, schema, table):
-            return {"table": table, "loaded": False, "reason": "another load of this table is running"}
-        feature_table = target(conn, schema, table)
-        check_columns(feature_table, header)
-        progress(f"copying {path} into {schema}.{staging_name(table)}")
-        try:
-            with conn.transaction():
-                staging = create_staging(conn, schema, table)
-                rows = copy_csv(conn, staging, header, path)
-            progress(f"{rows} rows copied; vacuum and analyze")
-            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(staging))
-            summary = {"table": table, "schema": schema, "rows": rows, "file": path.name, "bytes": path.stat().st_size}
-            progress(f"swapping {schema}.{table}")
-            swap_in(conn, schema, table, summary)
-        except BaseException:
-            drop_staging(admin_url, schema, table)
-            raise
-    return summary | {"loaded": True, "seconds": round(time.perf_counter() - began, 3)}
+    conn = run.conn
+    conn.execute("SET ROLE cache_maintainer")
+    conn.execute("SET statement_timeout = 0")  # a large COPY takes as long as it takes; it locks only its staging table
+    run.lock(FEATURES_LOCK, f"{schema}.{table}",
+             busy={"table": table, "loaded": False, "reason": "another load of this table is running"})
+    feature_table = target(conn, schema, table)
+    check_columns(feature_table, header)
+    run.progress(f"copying {path} into {schema}.{staging_name(table)}")
+    try:
+        with conn.transaction():
+            staging = create_staging(conn, schema, table)
+            rows = copy_csv(conn, staging, header, path)
+        run.progress(f"{rows} rows copied; vacuum and analyze")
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(staging))
+        run.progress(f"swapping {schema}.{table}")
+        swap_in(conn, schema, table)
+    except BaseException:
+        drop_staging(run.settings.admin_database_url, schema, table)
+        raise
+    run.summary |= {"table": table, "schema": schema, "rows": rows, "file": path.name, "bytes": path.stat().st_size,
+                    "loaded": True}

@@ -8,12 +8,16 @@
   a second concurrent run exits 0 saying so.
 * Transient connection errors retried with bounded exponential backoff; the commands are
   idempotent, so re-running the body is safe.
-* A JSON summary on stdout, progress on stderr when it is a terminal, a summary row in
-  ``cache_audit_log``, and the exit codes below.
+* A JSON summary on stdout, progress on stderr when it is a terminal (a run that did
+  nothing or failed also says why there), a summary row in ``cache_audit_log``, and the exit
+  codes of ``cachesvc.clikit``.
+* ``command()`` binds a subcommand to ``execute``; every command so bound has its entry in
+  ``LOCKS``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -25,9 +29,9 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg.types.json import Jsonb
 
+from cachesvc import clikit
+from cachesvc.clikit import EXIT_FAILURE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from cachesvc.settings import Settings
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PROBLEMS = 0, 1, 2, 3
 
 TRANSIENT = (psycopg.OperationalError, psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
 
@@ -36,11 +40,20 @@ class UsageError(Exception):
     """The command was asked for something it cannot do (exit 2)."""
 
 
+class LockHeld(Exception):
+    """A lock the body asked for (``Run.lock``) is held by another run: nothing is done (exit 0)."""
+
+    def __init__(self, name: str, scope: str, summary: dict) -> None:
+        super().__init__(name, scope)
+        self.name, self.scope, self.summary = name, scope, summary
+
+
 # The sets of objects that maintenance changes, each guarded by one session advisory lock
 # ``cachesvc.maintenance.<name>``.
 PARTITIONS_LOCK = "partitions"  # months made ahead, past cache months dropped
 AUDIT_LOCK = "audit"  # past audit months and their archive files: export, detach, drop, restore
 CLEANUP_LOCK = "cleanup"  # expired cache rows, deleted in batches through the parent
+FEATURES_LOCK = "features"  # one feature table, replaced by a load (taken per table)
 
 
 @dataclass(frozen=True)
@@ -49,11 +62,14 @@ class Locks:
 
     All of ``required``, or the command does nothing and exits 0 saying which lock is held.
     Each of ``optional`` if it is free; if not, the body skips the work under it (and says
-    so, see ``Run.holds``) instead of racing the command that holds it.
+    so, see ``Run.holds``) instead of racing the command that holds it. Each of ``scoped``
+    is taken by the body for the one object it works on (``Run.lock``): runs on different
+    objects go on side by side, a second run on the same object does nothing and exits 0.
     """
 
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
+    scoped: tuple[str, ...] = ()
 
 
 # Two commands that touch the same objects take the same lock (docs: Operations).
@@ -69,16 +85,17 @@ LOCKS: dict[str, Locks] = {
     "audit restore": Locks((AUDIT_LOCK,)),
     "verify": Locks(("verify",)),  # read only: only against a second verify
     "health partitions": Locks(("health",)),  # read only
+    "features load": Locks((), scoped=(FEATURES_LOCK,)),  # per table: loads of two tables run at once
 }
 
 
-def lock_key(name: str) -> str:
-    return f"cachesvc.maintenance.{name}"
+def lock_key(name: str, scope: str | None = None) -> str:
+    return f"cachesvc.maintenance.{name}" + (f":{scope}" if scope else "")
 
 
 def takers(name: str) -> list[str]:
     """The commands that take lock ``name``."""
-    return [command for command, locks in LOCKS.items() if name in locks.required + locks.optional]
+    return [command for command, locks in LOCKS.items() if name in locks.required + locks.optional + locks.scoped]
 
 
 @dataclass
@@ -99,6 +116,12 @@ class Run:
             return True
         self.summary.setdefault("locksNotHeld", {})[lock] = f"held by another run of {' or '.join(takers(lock))}"
         return False
+
+    def lock(self, name: str, scope: str, *, busy: dict) -> None:
+        """Take the scoped lock ``name`` for ``scope``; if another run holds it, end this run
+        (exit 0) with ``busy`` in its summary."""
+        if not _try_lock(self.conn, name, scope):
+            raise LockHeld(name, scope, busy)
 
     def progress(self, message: str, done: int | None = None, total: int | None = None) -> None:
         if not sys.stderr.isatty():
@@ -135,8 +158,8 @@ def connect(settings: Settings) -> psycopg.Connection:
     return conn
 
 
-def _try_lock(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key(name),)).fetchone()[0]
+def _try_lock(conn: psycopg.Connection, name: str, scope: str | None = None) -> bool:
+    return conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key(name, scope),)).fetchone()[0]
 
 
 def record(conn: psycopg.Connection, command: str, status: str, details: dict) -> None:
@@ -169,10 +192,7 @@ def execute(
                 locks = LOCKS.get(command, Locks((command.split()[0],)))
                 busy = next((name for name in locks.required if not _try_lock(conn, name)), None)
                 if busy is not None:
-                    _emit({"command": command, "status": "already_running", "lock": busy,
-                           "message": f"the '{busy}' lock is held by another run of"
-                                      f" {' or '.join(takers(busy)) or command}; nothing done"})
-                    return EXIT_OK
+                    return _already_running(command, busy)
                 held = frozenset(locks.required) | {name for name in locks.optional if _try_lock(conn, name)}
                 run = Run(command, conn, settings, dry_run, held=held)
                 body(run)
@@ -186,24 +206,42 @@ def execute(
                 # The per-partition health table is for the reader, not for the log.
                 kept = {k: v for k, v in report.items() if k not in ("command", "status", "partitions")}
                 record(conn, command, status, kept)
-                _emit(report)
+                clikit.print_json(report)
                 return EXIT_PROBLEMS if run.problems else EXIT_OK
+        except LockHeld as held:
+            return _already_running(command, held.name, held.scope, held.summary)
         except UsageError as exc:
-            _emit({"command": command, "status": "usage_error", "message": str(exc)})
-            return EXIT_USAGE
+            return _ended(command, "usage_error", str(exc), EXIT_USAGE)
         except TRANSIENT as exc:
             if attempt == attempts:
-                _emit({"command": command, "status": "failed", "message": f"gave up after {attempts} attempts: {exc}"})
-                return EXIT_FAILURE
-            sys.stderr.write(f"cachesvc {command}: transient error (attempt {attempt}/{attempts}), retrying in {delay:.1f}s: {exc}\n")
+                return _ended(command, "failed", f"gave up after {attempts} attempts: {exc}", EXIT_FAILURE)
+            clikit.error(f"transient error (attempt {attempt}/{attempts}), retrying in {delay:.1f}s: {exc}", command)
             time.sleep(delay)
             delay *= 2
         except (psycopg.Error, OSError, ValueError) as exc:
-            _emit({"command": command, "status": "failed", "message": f"{type(exc).__name__}: {exc}"})
-            return EXIT_FAILURE
+            return _ended(command, "failed", f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
     return EXIT_FAILURE  # not reached
 
 
-def _emit(report: dict) -> None:
-    sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+def _already_running(command: str, lock: str, scope: str | None = None, summary: dict | None = None) -> int:
+    held = f"the '{lock}' lock" + (f" of {scope}" if scope else "")
+    message = f"{held} is held by another run of {' or '.join(takers(lock)) or command}; nothing done"
+    return _ended(command, "already_running", message, EXIT_OK, {"lock": lock, **(summary or {})})
+
+
+def _ended(command: str, status: str, message: str, code: int, fields: dict | None = None) -> int:
+    """A run that did nothing or failed: its report on stdout, and why on stderr."""
+    clikit.print_json({"command": command, "status": status, **(fields or {}), "message": message})
+    clikit.error(message, command)
+    return code
+
+
+def command(
+    parser: argparse.ArgumentParser, name: str, body: Callable[[argparse.Namespace, Settings], Callable[[Run], None]]
+) -> None:
+    """Make the subcommand ``parser`` run ``name`` through ``execute``, with the body that
+    ``body(args, settings)`` returns (and ``--dry-run`` if the parser has it)."""
+    parser.set_defaults(
+        func=lambda args, settings: execute(name, settings, body(args, settings), dry_run=getattr(args, "dry_run", False)),
+        maintenance_command=name,
+    )

@@ -6,7 +6,7 @@ set (30 tables x 100k rows by default), and prints, as JSON on stdout (progress 
 - in-process lookups through PgBouncer, p50/p99, 1 and 10 keys over every table, for one
   UNION ALL statement, for one pipeline of a statement per table, and (for reference) for
   one round trip per table, interleaved in the same run;
-- over HTTP, at a fixed rate with an open loop, p50/p99, for both strategies;
+- over HTTP, at a fixed rate with the shared open loop (``loadgen``), p50/p99, for both strategies;
 - cold start after a PostgreSQL restart, with and without warm-up: time to ready, first
   request latency;
 - the plan and timing of lookups with and without parallel workers, of a prepared statement
@@ -29,11 +29,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
 
-from cachesvc import auth, db
+from cachesvc import auth
+from cachesvc.bench import loadgen
+from cachesvc.bench.report import say
+from cachesvc.db.pools import create_pool, open_pool
 from cachesvc.features import catalog, demo, warmup
 from cachesvc.features.reader import FeatureReader
 from cachesvc.localstack import SUPERUSER, LocalStack
@@ -42,18 +46,10 @@ from cachesvc.localstack import ServiceProcess as Service
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 
 
-def say(msg: str) -> None:
-    sys.stderr.write(f"bench: {msg}\n")
-    sys.stderr.flush()
-
-
 def summary(samples_ms: list[float]) -> dict:
     ordered = sorted(samples_ms)
-
-    def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 3)
-
-    return {"n": len(ordered), "p50": pct(0.50), "p99": pct(0.99), "mean": round(statistics.fmean(ordered), 3), "max": round(ordered[-1], 3)}
+    return {"n": len(ordered), "p50": round(loadgen.percentile(ordered, 50), 3), "p99": round(loadgen.percentile(ordered, 99), 3),
+            "mean": round(statistics.fmean(ordered), 3), "max": round(ordered[-1], 3)}
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -119,8 +115,8 @@ def key_sets(rows: int, keys: int, count: int, seed: int) -> list[list[str]]:
 
 async def in_process(stack: LocalStack, rows: int, iterations: int) -> dict:
     settings = stack.settings(pool_size=4)
-    pool = db.create_pool(settings)
-    await db.open_pool(pool, settings)
+    pool = create_pool(settings)
+    await open_pool(pool, settings)
     try:
         async with pool.connection() as conn:
             found = await catalog.discover(conn, "features")
@@ -167,37 +163,18 @@ async def in_process(stack: LocalStack, rows: int, iterations: int) -> dict:
 # -- the service over HTTP ---------------------------------------------------------------------
 
 
-async def open_loop(url: str, token: str, bodies: list[dict], rate: float, meter: CpuMeter) -> dict:
-    """POST the bodies at ``rate`` per second whatever the answers take (open loop)."""
-    import httpx2
-
-    loop = asyncio.get_running_loop()
+def open_loop(url: str, token: str, bodies: list[dict], rate: float, meter: CpuMeter) -> dict:
+    """POST the bodies at ``rate`` per second whatever the answers take (``loadgen.open_loop``)."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
     headers = {"Authorization": f"Bearer {token}"}
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx2.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx2.AsyncClient(base_url=url, headers=headers, timeout=10, limits=limits) as client:
-        for body in bodies[:50]:  # open the connections first
-            await client.post("/v1/features/lookup", json=body)
-
-        async def one(body: dict, at: float) -> None:
-            nonlocal errors
-            res = await client.post("/v1/features/lookup", json=body)
-            if res.status_code != 200:
-                errors += 1
-            latencies.append((loop.time() - at) * 1000)  # from when it was due: queueing counts
-
-        meter.begin()
-        start = loop.time() + 0.1
-        tasks = []
-        for i, body in enumerate(bodies):
-            due = start + i / rate
-            if (delay := due - loop.time()) > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(body, due)))
-        await asyncio.gather(*tasks)
-        cpu = meter.end(len(bodies))
-    return summary(latencies) | {"errors": errors, "rate": rate} | cpu
+    requests = [loadgen.build_request("POST", "/v1/features/lookup", f"{host}:{port}", headers, json.dumps(body).encode())
+                for body in bodies]
+    asyncio.run(loadgen.closed_loop(host, port, requests[:50], 0.25, connections=1))  # warm the path up first
+    meter.begin()
+    result = asyncio.run(loadgen.open_loop(host, port, requests, rate, len(requests) / rate))
+    cpu = meter.end(len(requests))
+    failed = sum(n for status, n in result.statuses.items() if status != 200)
+    return summary([s * 1000 for s in result.latencies]) | {"errors": result.errors + failed, "rate": rate} | cpu
 
 
 def over_http(stack: LocalStack, workdir: Path, rows: int, rate: float, seconds: float) -> dict:
@@ -209,7 +186,7 @@ def over_http(stack: LocalStack, workdir: Path, rows: int, rate: float, seconds:
             service.wait_ready()
             for n_keys in (1, 10):
                 bodies = [{"entityKeys": keys} for keys in key_sets(rows, n_keys, int(rate * seconds), seed=n_keys)]
-                result = asyncio.run(open_loop(service.url, token, bodies, rate, CpuMeter(stack, service.proc.pid)))
+                result = open_loop(service.url, token, bodies, rate, CpuMeter(stack, service.proc.pid))
                 results.setdefault(f"{n_keys}key", {})[strategy] = result
                 say(f"HTTP {strategy} {n_keys} key(s) at {rate}/s: p50 {result['p50']} ms, p99 {result['p99']} ms")
         finally:

@@ -1,0 +1,194 @@
+"""What `cachesvc bench` measures (``scripts/bench``; the command is ``run.py``).
+
+It starts the same stack as the tests (its own PostgreSQL, with durability ON, and PgBouncer
+in transaction mode), seeds the cache, starts the service as production runs it, and measures:
+
+1. ceiling: pgbench running the service's GET transaction (``ceiling.py``: generated from
+   the statement and the query string the service sends), through the same PgBouncer, on
+   the same data, at the same concurrency;
+2. service GET: closed-loop throughput (wrk), and latency at fixed open-loop rates;
+3. service PUT: throughput and latency;
+4. feature lookups over the demo tables, 1 and 10 keys, at a fixed open-loop rate;
+5. with ``scale``: GET latency again with 10M cache rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from cachesvc import auth
+from cachesvc.bench import loadgen
+from cachesvc.bench.ceiling import pgbench_ceiling
+from cachesvc.bench.report import say
+from cachesvc.bench.wrk import wrk
+from cachesvc.features import demo
+from cachesvc.localstack import SUPERUSER, LocalStack, ServiceProcess
+
+USERS = 1000
+KEYS_PER_USER = 100
+CONTENT = json.dumps({"text": "Once upon a time " * 30, "paragraphs": 12, "style": "whimsical"})
+
+
+def user_uuid(n: int) -> str:
+    return f"00000000-0000-4000-8000-{n:012d}"
+
+
+def seed(stack: LocalStack, users: int, keys: int) -> None:
+    with psycopg.connect(stack.url(SUPERUSER), autocommit=True) as conn:
+        conn.execute(
+            """
+            INSERT INTO infinite_pages_cache_partitioned
+                   (user_id, content_type, cache_key, content, token_count, cost_usd, model, expires_at)
+            SELECT ('00000000-0000-4000-8000-' || lpad(u::text, 12, '0'))::uuid, 'chapter', 'key-' || k,
+                   %s::jsonb, 1500, 0.02, 'gpt-x', now() + interval '30 days'
+              FROM generate_series(1, %s) u, generate_series(1, %s) k
+            """,
+            (CONTENT, users, keys),
+        )
+        conn.execute("VACUUM ANALYZE infinite_pages_cache_partitioned")
+
+
+class Service(ServiceProcess):
+    """The service as production runs it (rate limiting off, for the ceiling comparison), ready."""
+
+    def __init__(self, stack: LocalStack, home: Path, secret: str, **settings: str) -> None:
+        production = {"env": "production", "jwt_secret": secret, "rate_limit_per_s": "0"}
+        super().__init__(stack, home / f"service-{uuid.uuid4().hex[:8]}.log", **(production | settings))
+        self.wait_ready(60)
+
+
+def get_requests(secret: str, port: int, hit_ratio: float = 0.8, count: int = 2000) -> list[bytes]:
+    import random
+
+    rng = random.Random(42)
+    reqs = []
+    tokens = {}
+    for _ in range(count):
+        u = rng.randint(1, USERS)
+        token = tokens.get(u) or tokens.setdefault(u, auth.mint(secret, sub=user_uuid(u), ttl_seconds=86400))
+        key = f"key-{rng.randint(1, KEYS_PER_USER)}" if rng.random() < hit_ratio else f"absent-{rng.randint(1, 10**6)}"
+        reqs.append(loadgen.build_request("GET", f"/v1/cache/chapter/{key}", f"127.0.0.1:{port}",
+                                          {"Authorization": f"Bearer {token}"}))
+    return reqs
+
+
+def put_requests(secret: str, port: int, count: int = 2000) -> list[bytes]:
+    import random
+
+    rng = random.Random(7)
+    body = json.dumps({"content": json.loads(CONTENT), "tokenCount": 1500, "costUsd": 0.02, "model": "gpt-x"}).encode()
+    reqs = []
+    for _ in range(count):
+        u = rng.randint(1, USERS)
+        token = auth.mint(secret, sub=user_uuid(u), ttl_seconds=86400)
+        reqs.append(loadgen.build_request("PUT", f"/v1/cache/chapter/new-{rng.randint(1, 10**6)}", f"127.0.0.1:{port}",
+                                          {"Authorization": f"Bearer {token}"}, body))
+    return reqs
+
+
+def feature_requests(secret: str, port: int, n_keys: int, rows: int, count: int = 2000) -> list[bytes]:
+    import random
+
+    rng = random.Random(n_keys)
+    token = auth.mint(secret, sub="bench", role=auth.SERVICE_ROLE, ttl_seconds=86400)
+    headers = {"Authorization": f"Bearer {token}"}
+    if n_keys == 1:
+        return [loadgen.build_request("GET", f"/v1/features/{rng.randint(1, rows)}", f"127.0.0.1:{port}", headers)
+                for _ in range(count)]
+    return [
+        loadgen.build_request("POST", "/v1/features/lookup", f"127.0.0.1:{port}", headers,
+                              json.dumps({"entityKeys": [str(rng.randint(1, rows)) for _ in range(n_keys)]}).encode())
+        for _ in range(count)
+    ]
+
+
+def seed_scale(stack: LocalStack, target: int = 10_000_000) -> None:
+    """Grow the cache to ``target`` rows with other users' entries (the measured users stay)."""
+    with psycopg.connect(stack.url(SUPERUSER), autocommit=True) as conn:
+        have = conn.execute("SELECT count(*) FROM infinite_pages_cache_partitioned").fetchone()[0]
+        batch = 1_000_000
+        offset = USERS + 1
+        while have < target:
+            n = min(batch, target - have)
+            conn.execute(
+                """
+                INSERT INTO infinite_pages_cache_partitioned
+                       (user_id, content_type, cache_key, content, token_count, expires_at)
+                SELECT ('00000000-0000-4000-8000-' || lpad((%s + g / 100)::text, 12, '0'))::uuid, 'chapter',
+                       'key-' || (g %% 100), '{"text": "filler"}', 10, now() + interval '30 days'
+                  FROM generate_series(0, %s - 1) g
+                """,
+                (offset, n),
+            )
+            offset += n // 100 + 1
+            have += n
+            say(f"  {have:,} rows")
+        conn.execute("VACUUM ANALYZE infinite_pages_cache_partitioned")
+
+
+def measure(*, seconds: int, clients: int, rates: list[int], scale: bool, feature_tables: int, feature_rows: int) -> dict:
+    """Every figure of the benchmark, by name (see the module docstring), on a stack of its own."""
+    home = Path(tempfile.mkdtemp(prefix="cachesvc-bench-"))
+    stack = LocalStack.throwaway(home, fsync="on", synchronous_commit="on", full_page_writes="on",
+                                 shared_buffers="512MB")
+    results: dict = {}
+    try:
+        say("starting PostgreSQL + PgBouncer")
+        stack.start()
+        say(f"seeding {USERS * KEYS_PER_USER:,} cache rows")
+        seed(stack, USERS, KEYS_PER_USER)
+        secret = uuid.uuid4().hex + uuid.uuid4().hex
+        service = Service(stack, home, secret)
+        try:
+            gets = get_requests(secret, service.port)
+            say("warming up")
+            asyncio.run(loadgen.closed_loop("127.0.0.1", service.port, gets, 3, connections=8))
+            say(f"ceiling: pgbench, {clients} clients, {seconds}s")
+            results["ceiling"] = pgbench_ceiling(stack, home, clients, seconds, USERS, int(KEYS_PER_USER / 0.8))
+            say(f"service GET closed loop, {clients} connections, {seconds}s")
+            results["get_closed"] = wrk(service.port, gets, home, clients, seconds) or asyncio.run(
+                loadgen.closed_loop("127.0.0.1", service.port, gets, seconds, clients)).summary()
+            for rate in rates:
+                say(f"service GET open loop at {rate} req/s")
+                results[f"get_open_{rate}"] = asyncio.run(
+                    loadgen.open_loop("127.0.0.1", service.port, gets, rate, seconds)).summary()
+            puts = put_requests(secret, service.port)
+            say("service PUT closed loop")
+            results["put_closed"] = wrk(service.port, puts, home, clients, seconds) or asyncio.run(
+                loadgen.closed_loop("127.0.0.1", service.port, puts, seconds, clients)).summary()
+            say("service PUT open loop at 300 req/s")
+            results["put_open_300"] = asyncio.run(loadgen.open_loop("127.0.0.1", service.port, puts, 300, seconds)).summary()
+        finally:
+            service.stop()
+        if feature_tables:
+            say(f"feature tables: {feature_tables} x {feature_rows:,} rows")
+            demo.generate(stack.url(SUPERUSER), "features", tables=feature_tables, rows=feature_rows)
+            with psycopg.connect(stack.url(SUPERUSER), autocommit=True) as conn:
+                conn.execute("ANALYZE")
+        service = Service(stack, home, secret)  # feature tables are discovered at start-up
+        try:
+            for n_keys in (1, 10) if feature_tables else ():
+                say(f"feature lookup over {feature_tables} tables, {n_keys} key(s), open loop at 200 req/s")
+                reqs = feature_requests(secret, service.port, n_keys, feature_rows)
+                results[f"features_{n_keys}key_200"] = asyncio.run(
+                    loadgen.open_loop("127.0.0.1", service.port, reqs, 200, seconds)).summary()
+            if scale:
+                say("seeding to 10M rows (this takes a while)")
+                seed_scale(stack)
+                for rate in rates:
+                    say(f"service GET open loop at {rate} req/s, 10M rows")
+                    results[f"get_open_{rate}_10m"] = asyncio.run(
+                        loadgen.open_loop("127.0.0.1", service.port, gets, rate, seconds)).summary()
+        finally:
+            service.stop()
+    finally:
+        stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    return results
