@@ -8,11 +8,11 @@ import subprocess
 import sys
 import uuid
 
-import httpx2
 import pytest
 import yaml
 
 from cachesvc.migrations import PROJECT_ROOT
+from tests.harness import http_client
 
 DEPLOY = PROJECT_ROOT / "deploy"
 METRIC = re.compile(r"\bcachesvc_[a-z0-9_]+\b")
@@ -21,7 +21,7 @@ METRIC = re.compile(r"\bcachesvc_[a-z0-9_]+\b")
 @pytest.fixture(scope="module")
 def exposed(service, stack, tokens, tmp_path_factory) -> set[str]:
     """Sample names from the live service's /metrics and from the health textfile."""
-    with httpx2.Client(base_url=service.url) as http:
+    with http_client(service, timeout=5) as http:
         http.get("/v1/cache/chapter/k", headers={"Authorization": f"Bearer {tokens(uuid.uuid4())}"})
         text = http.get("/metrics").text
     metrics_file = tmp_path_factory.mktemp("textfile") / "cachesvc.prom"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from cachesvc import api, migrations, roles
-from cachesvc.localstack import LOGINS, SUPERUSER, LocalStack, ServiceProcess
+from cachesvc.localstack import LOGINS, SUPERUSER, LocalStack
+from tests.harness import wait_until
 
 OLDER_REVISION = "0004"
 
@@ -52,27 +52,25 @@ def readiness(url: str) -> httpx2.Response | None:
         return None  # not listening yet
 
 
-def test_readyz_names_the_revision_found_and_turns_ready_after_upgrade_without_restart(older_stack, tmp_path):
+def test_readyz_names_the_revision_found_and_turns_ready_after_upgrade_without_restart(older_stack, start_service):
     assert OLDER_REVISION != migrations.head_revision()
-    service = ServiceProcess(older_stack, tmp_path / "service.log", flush_interval_s=0.2)
-    try:
-        # Wait until every other check passes: then the schema alone keeps it unready.
-        deadline = time.monotonic() + 30
-        while not ((res := readiness(service.url)) and res.json()["checks"]["pool"] and res.json()["features"]["ready"]):
-            assert service.proc.poll() is None, service.log.read_text()
-            assert time.monotonic() < deadline, res.text if res else "not listening"
-            time.sleep(0.05)
-        body = res.json()
-        assert res.status_code == 503 and int(res.headers["retry-after"]) > 0
-        assert body["checks"] == {"pool": True, "schema": False}
-        assert (body["revision"], body["expectedRevision"]) == (OLDER_REVISION, migrations.head_revision())
+    service = start_service(older_stack, wait="none", flush_interval_s=0.2)
 
-        older_stack.migrate("head")
-        deadline = time.monotonic() + 10
-        while (res := readiness(service.url)).status_code != 200:
-            assert time.monotonic() < deadline, res.text
-            time.sleep(0.05)
-        assert res.json()["revision"] == migrations.head_revision()
-        assert service.proc.poll() is None  # the same process: no restart
-    finally:
-        assert service.stop() == 0
+    def others_pass() -> httpx2.Response | None:
+        assert service.proc.poll() is None, service.log.read_text()
+        return readiness(service.url)
+
+    # Wait until every other check passes: then the schema alone keeps it unready.
+    res = wait_until(others_pass, 30, until=lambda res: res and res.json()["checks"]["pool"] and res.json()["features"]["ready"],
+                     error=lambda res: res.text if res else "not listening")
+    body = res.json()
+    assert res.status_code == 503 and int(res.headers["retry-after"]) > 0
+    assert body["checks"] == {"pool": True, "schema": False}
+    assert (body["revision"], body["expectedRevision"]) == (OLDER_REVISION, migrations.head_revision())
+
+    older_stack.migrate("head")
+    res = wait_until(lambda: readiness(service.url), 10, until=lambda res: res.status_code == 200,
+                     error=lambda res: res.text)
+    assert res.json()["revision"] == migrations.head_revision()
+    assert service.proc.poll() is None  # the same process: no restart
+    assert service.stop() == 0

@@ -17,8 +17,7 @@ import httpx2
 import pytest
 
 from cachesvc import auth
-from tests.conftest import LiveService, throwaway_stack
-from tests.feature_tables import create_table, maintainer
+from tests.harness import LiveService, create_table, http_client, maintainer, running_service, throwaway_stack, wait_until
 
 BUDGET_S = 2.0
 SLACK_S = 0.5
@@ -37,13 +36,12 @@ def budget_stack():
 def live(budget_stack, tmp_path_factory):
     # A pool wait allowed to be far longer than the budget, and a statement timeout longer
     # too: only the request's budget can make the answer come in time.
-    service = LiveService(
+    with running_service(
         budget_stack, tmp_path_factory.mktemp("budget") / "service.log",
         request_timeout_s=str(BUDGET_S), pool_size="3", pool_timeout_s="30", statement_timeout_ms="30000",
         rate_limit_per_s="0", flush_interval_s="0.5",
-    )
-    yield service
-    service.stop()
+    ) as service:
+        yield service
 
 
 def requests(stack) -> list[tuple[str, str, str, dict | None, dict]]:
@@ -70,7 +68,7 @@ def timed(http: httpx2.Client, method: str, path: str, body: dict | None, header
 def all_answer_503_in_budget(service: LiveService, stack) -> None:
     """Each request, alone and then all at once, is a 503 within the budget."""
     calls = requests(stack)
-    with httpx2.Client(base_url=service.url, timeout=30) as http:
+    with http_client(service) as http:
         for name, method, path, body, headers in calls:
             status, elapsed, res = timed(http, method, path, body, headers)
             assert status == 503, f"{name}: {status} {res.text}"
@@ -86,13 +84,20 @@ def all_answer_503_in_budget(service: LiveService, stack) -> None:
 
 
 def serves_again(service: LiveService, stack, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    with httpx2.Client(base_url=service.url, timeout=30) as http:
-        for name, method, path, body, headers in requests(stack):
-            while (res := http.request(method, path, json=body, headers=headers)).status_code == 503:
-                assert time.monotonic() < deadline, f"{name} still 503 after the database came back"
-                time.sleep(0.2)
-            assert res.status_code in (200, 201, 404), f"{name}: {res.status_code} {res.text}"
+    """Every request answered again (not 503), one after the other, all within ``timeout``."""
+    pending = requests(stack)
+    with http_client(service) as http:
+        def all_served() -> bool:
+            while pending:
+                name, method, path, body, headers = pending[0]
+                if (res := http.request(method, path, json=body, headers=headers)).status_code == 503:
+                    return False
+                assert res.status_code in (200, 201, 404), f"{name}: {res.status_code} {res.text}"
+                pending.pop(0)
+            return True
+
+        wait_until(all_served, timeout, error=lambda _: f"{pending[0][0]} still 503 after the database came back",
+                   interval=0.2)
 
 
 def kill_cluster(postmaster) -> None:

@@ -12,33 +12,7 @@ import jwt
 import pytest
 from psycopg import sql
 
-from tests.conftest import insert_entry, metric
-
-
-@pytest.fixture
-def http(service):
-    with httpx2.Client(base_url=service.url, timeout=30) as client:
-        yield client
-
-
-def as_user(tokens, user) -> dict:
-    return {"Authorization": f"Bearer {tokens(user)}"}
-
-
-def as_service(tokens, user=None) -> dict:
-    headers = {"Authorization": f"Bearer {tokens(service=True)}"}
-    if user is not None:
-        headers["X-Cache-User"] = str(user)
-    return headers
-
-
-def wait_for(predicate, timeout: float = 10):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        time.sleep(0.1)
-    return value
+from tests.harness import as_service, as_user, insert_entry, metric, wait_until
 
 
 # -- the happy path ---------------------------------------------------------------------
@@ -151,10 +125,11 @@ def test_hit_counts_and_stats_appear_after_a_flush(http, tokens, admin):
     for _ in range(3):
         assert http.get("/v1/cache/chapter/hot", headers=h).status_code == 200
     http.get("/v1/cache/chapter/cold", headers=h)  # a miss
-    wait_for(lambda: admin.execute(
+    wait_until(lambda: admin.execute(
         "SELECT hit_count = 3 FROM infinite_pages_cache_partitioned WHERE user_id = %s", (user,)
-    ).fetchone()[0])
-    stats = wait_for(lambda: (s := http.get("/v1/cache/stats", headers=h).json())["hits"] == 3 and s)
+    ).fetchone()[0], 10, "the three hits flushed to the entry")
+    stats = wait_until(lambda: (s := http.get("/v1/cache/stats", headers=h).json())["hits"] == 3 and s, 10,
+                       "three hits in the user's statistics")
     assert (stats["misses"], stats["tokensSaved"], stats["costSavedUsd"], stats["hitRate"]) == (1, 300, 1.5, 0.75)
     assert stats["byContentType"][0]["contentType"] == "chapter"
     entry = http.get("/v1/cache/chapter/hot", headers=h).json()
@@ -215,7 +190,7 @@ def test_another_user_cannot_read_overwrite_delete_or_count(http, tokens, admin)
     assert http.put("/v1/cache/chapter/private", json={"content": "B's"}, headers=hb).status_code == 201
     assert http.get("/v1/cache/chapter/private", headers=ha).json()["content"] == "A's secret"
     # B's statistics never count A's hits.
-    wait_for(lambda: http.get("/v1/cache/stats", headers=ha).json()["hits"] >= 1)
+    wait_until(lambda: http.get("/v1/cache/stats", headers=ha).json()["hits"] >= 1, 10, "A's hit in A's statistics")
     b_stats = http.get("/v1/cache/stats", headers=hb).json()
     assert b_stats["hits"] == 0
     # Naming A in X-Cache-User with B's token is refused outright.

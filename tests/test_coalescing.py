@@ -15,7 +15,7 @@ import uuid
 import httpx2
 import pytest
 
-from tests.conftest import LiveService, metric
+from tests.harness import metric, running_service
 
 USERS = 24
 CONTENT_TYPES = ("chapter", "story_foundation")
@@ -36,10 +36,9 @@ def content_of(user: uuid.UUID, content_type: str, key: str) -> dict:
 @pytest.fixture(scope="module")
 def coalescing_service(stack, tmp_path_factory):
     """One read lane and two connections: while one batch runs, every read queues for the next."""
-    live = LiveService(stack, tmp_path_factory.mktemp("coalescing") / "service.log",
-                       read_lanes="1", pool_size="2", rate_limit_per_s="0")
-    yield live
-    live.stop()
+    with running_service(stack, tmp_path_factory.mktemp("coalescing") / "service.log",
+                         read_lanes="1", pool_size="2", rate_limit_per_s="0") as live:
+        yield live
 
 
 def test_coalesced_reads_answer_each_requester_with_its_own_rows(coalescing_service, tokens):

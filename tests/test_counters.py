@@ -13,13 +13,11 @@ import datetime as dt
 import math
 import uuid
 
-import httpx2
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.cache.counters import Counters, EntryHits
-from tests.conftest import acting_as, connect, insert_entry, metric
-from tests.test_cache_api import as_user, wait_for
+from tests.harness import acting_as, as_user, connect, insert_entry, metric, wait_until
 
 BIGINT_MAX = 2**63 - 1
 ACCESS = (
@@ -43,12 +41,6 @@ POISON = {
 
 def hour() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
-
-
-@pytest.fixture
-def http(service):
-    with httpx2.Client(base_url=service.url, timeout=30) as client:
-        yield client
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["pgbouncer", "direct"])
@@ -148,9 +140,11 @@ def test_poison_does_not_stop_other_users_statistics(http, tokens, stack, admin)
     for _ in range(3):
         for user in (victim, other):
             assert http.get("/v1/cache/chapter/hot", headers=as_user(tokens, user)).status_code == 200
-    stats = wait_for(lambda: (s := http.get("/v1/cache/stats", headers=as_user(tokens, other)).json())["hits"] == 3 and s)
+    stats = wait_until(lambda: (s := http.get("/v1/cache/stats", headers=as_user(tokens, other)).json())["hits"] == 3 and s,
+                       10, "the other user's three hits flushed")
     assert stats["costSavedUsd"] == 1.5
-    mine = wait_for(lambda: (s := http.get("/v1/cache/stats", headers=as_user(tokens, victim)).json())["hits"] == BIGINT_MAX and s)
+    mine = wait_until(lambda: (s := http.get("/v1/cache/stats", headers=as_user(tokens, victim)).json())["hits"] == BIGINT_MAX and s,
+                      10, "the victim's hits capped at bigint max")
     assert isinstance(mine["costSavedUsd"], float) and mine["costSavedUsd"] == 2.5
     assert all(t["costSavedUsd"] is not None for t in mine["byContentType"])
     # The row at the limit was saturated, not refused: the service dropped none of these counts.

@@ -16,7 +16,7 @@ import pytest
 from psycopg import errors
 
 from cachesvc.localstack import DATABASE
-from tests.conftest import connect
+from tests.harness import connect, free_month
 
 # Functions that set no search_path: SQL one-liners inlined into the row-level security
 # policies (a SET clause would stop the inlining), reading only settings, not tables.
@@ -101,19 +101,6 @@ def relations(admin) -> set[tuple[str, str]]:
         "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname NOT LIKE 'pg_temp%%' AND n.nspname NOT LIKE 'pg_toast%%'"
     ).fetchall())
-
-
-def free_month(admin) -> dt.datetime:
-    """A month in the window ensure_monthly_partitions accepts that has no partition yet."""
-    today = dt.datetime.now(dt.UTC).replace(day=15, hour=12, minute=0, second=0, microsecond=0)
-    for ahead in range(5, 13):
-        year, month = divmod(today.month - 1 + ahead, 12)
-        at = today.replace(year=today.year + year, month=month + 1)
-        suffix = at.strftime("_y%Ym%m")
-        if admin.execute("SELECT to_regclass(%s) IS NULL AND to_regclass(%s) IS NULL",
-                         (f"infinite_pages_cache{suffix}", f"cache_audit_log{suffix}")).fetchone()[0]:
-            return at
-    pytest.fail("no month without partitions in the window")
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["pgbouncer", "direct"])

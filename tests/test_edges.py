@@ -10,19 +10,12 @@ import subprocess
 import urllib.parse
 import uuid
 
-import httpx2
 import jsonschema_rs
 import pytest
 
 from cachesvc import keys
 from cachesvc.cache.models import MAX_COST_USD
 from cachesvc.db.lsn import LSN_RE
-
-
-@pytest.fixture
-def http(service):
-    with httpx2.Client(base_url=service.url, timeout=30) as client:
-        yield client
 
 
 def user_headers(tokens, user) -> dict:

@@ -15,19 +15,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.cache.counters import Counters
 from cachesvc.migrations import PROJECT_ROOT
-from tests.conftest import acting_as, connect, insert_entry
-from tests.test_cache_api import as_user, wait_for
+from tests.harness import acting_as, as_user, connect, insert_entry, wait_until
 
 ACCESS = (
     "SELECT recorded, refused, erased FROM record_cache_access(%s::timestamptz[], %s::uuid[], %s::text[],"
     " %s::bigint[], %s::bigint[], %s::bigint[], %s::numeric[], %s::timestamptz[])"
 )
-
-
-@pytest.fixture
-def http(service):
-    with httpx2.Client(base_url=service.url, timeout=30) as client:
-        yield client
 
 
 def stat_rows(admin, user) -> int:
@@ -38,7 +31,7 @@ def hit_and_wait_for_stats(http, tokens, admin, user) -> None:
     h = as_user(tokens, user)
     assert http.put("/v1/cache/chapter/k", json={"content": "x", "tokenCount": 10}, headers=h).status_code == 201
     assert http.get("/v1/cache/chapter/k", headers=h).status_code == 200
-    wait_for(lambda: stat_rows(admin, user) == 1)
+    wait_until(lambda: stat_rows(admin, user) == 1, 10, "the user's statistics flushed")
 
 
 def waiting_advisory_locks(admin) -> int:
@@ -63,7 +56,8 @@ def test_flush_in_flight_during_erase_does_not_recreate_statistics(http, tokens,
                                           [0.0, 0.0], [now] * 2)).fetchone() == (2, 0, 0)
             eraser = threading.Thread(target=lambda: answers.append(http.delete("/v1/cache", headers=as_user(tokens, user))))
             eraser.start()
-            wait_for(lambda: waiting_advisory_locks(admin) == 1, timeout=1.5)  # the app login's lock_timeout is 2 s
+            # the app login's lock_timeout is 2 s
+            wait_until(lambda: waiting_advisory_locks(admin) == 1, 1.5, "the erase waiting on the flush's lock")
             assert not answers
         eraser.join(10)
     assert answers[0].status_code == 200 and answers[0].json() == {"deleted": 1}

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc import auth
 from cachesvc.localstack import SUPERUSER, LocalStack
-from tests.conftest import LiveService, throwaway_stack, token_maker
+from tests.harness import LiveService, http_client, throwaway_stack, token_maker, wait_until
 
 BUDGET_S = 2.0  # CACHESVC_REQUEST_TIMEOUT_S of the hang test
 EPSILON_S = 0.05
@@ -52,14 +52,7 @@ def own_stack() -> Iterator[LocalStack]:
         yield s
 
 
-@contextlib.contextmanager
-def live(stack: LocalStack, tmp_path: Path, **settings) -> Iterator[LiveService]:
-    defaults = {"rate_limit_per_s": 0, "flush_interval_s": 600}
-    service = LiveService(stack, tmp_path / f"service-{uuid.uuid4().hex[:8]}.log", **(defaults | settings))
-    try:
-        yield service
-    finally:
-        service.stop()
+SERVICE = {"rate_limit_per_s": 0, "flush_interval_s": 600}  # each test's own service, with these unless it says otherwise
 
 
 def as_user(stack: LocalStack, user: uuid.UUID, **kw) -> dict[str, str]:
@@ -76,21 +69,13 @@ def sample(service: LiveService, name: str, **labels: str) -> float:
     return found[0] if found else 0.0
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.02)
-    return value
-
-
 def flushes(service: LiveService) -> float:
     return sample(service, "cachesvc_counter_flushes_total", outcome="ok")
 
 
 def next_flush(service: LiveService, after: float, timeout: float = 10) -> float:
     """Wait for the flusher to finish a round after the one counted ``after``; its count."""
-    return wait_for(lambda: (n := flushes(service)) > after and n, timeout, "a counter flush")
+    return wait_until(lambda: (n := flushes(service)) > after and n, timeout, "a counter flush", interval=0.02)
 
 
 def put(http: httpx2.Client, headers: dict, key: str, content: object = "x", tokens: int = 7) -> None:
@@ -132,7 +117,7 @@ def frozen(pids: list[int]) -> Iterator[None]:
 
 @pytest.mark.timing
 @pytest.mark.parametrize("server", ["pgbouncer", "postgres"])
-def test_hung_server_answers_503_within_the_request_budget(own_stack, tmp_path, server):
+def test_hung_server_answers_503_within_the_request_budget(own_stack, start_service, server):
     # Every other bound is far above the budget: the pool wait, the statement timeout, the
     # login's lock_timeout (30 s), PgBouncer's query_wait_timeout (10 s), the connect timeout.
     settings = {"request_timeout_s": BUDGET_S, "pool_size": 4, "pool_timeout_s": 30, "statement_timeout_ms": 30000,
@@ -146,7 +131,8 @@ def test_hung_server_answers_503_within_the_request_budget(own_stack, tmp_path, 
         ("GET", "/v1/cache/stats", None),
         ("DELETE", "/v1/cache/chapter/k4", None),
     ]
-    with live(own_stack, tmp_path, **settings) as service, httpx2.Client(base_url=service.url, timeout=BUDGET_S + 5) as http:
+    service = start_service(own_stack, **(SERVICE | settings))
+    with http_client(service, timeout=BUDGET_S + 5) as http:
         put(http, h, "k")
         timeouts = sample(service, "cachesvc_db_errors_total", kind="DatabaseTimeout")
         others = {k: sample(service, "cachesvc_db_errors_total", kind=k) for k in ("OperationalError", "PoolTimeout")}
@@ -169,14 +155,13 @@ def test_hung_server_answers_503_within_the_request_budget(own_stack, tmp_path, 
         assert {k: sample(service, "cachesvc_db_errors_total", kind=k) for k in others} == others
 
         # Thawed, it serves again by itself.
-        deadline = time.monotonic() + 15
-        while (res := http.get("/v1/cache/chapter/k", headers=h)).status_code == 503:
-            assert time.monotonic() < deadline, "no recovery after SIGCONT"
+        res = wait_until(lambda: http.get("/v1/cache/chapter/k", headers=h), 15, until=lambda res: res.status_code != 503,
+                         error="no recovery after SIGCONT", interval=0)
         assert res.status_code == 200 and res.json()["content"] == "x"
         put(http, h, "k3")
 
 
-def test_a_write_that_reaches_the_server_after_its_503_does_nothing(own_stack, tmp_path):
+def test_a_write_that_reaches_the_server_after_its_503_does_nothing(own_stack, start_service):
     """A write held in a frozen PgBouncer past the budget is answered 503; when PgBouncer
     thaws, its transaction reaches the server late and must commit nothing (the client was
     told it failed, and may have written something newer since)."""
@@ -184,7 +169,8 @@ def test_a_write_that_reaches_the_server_after_its_503_does_nothing(own_stack, t
     user = uuid.uuid4()
     h = as_user(own_stack, user)
     log = own_stack.postgres.logfile
-    with live(own_stack, tmp_path, **settings) as service, httpx2.Client(base_url=service.url, timeout=BUDGET_S + 5) as http:
+    service = start_service(own_stack, **(SERVICE | settings))
+    with http_client(service, timeout=BUDGET_S + 5) as http:
         put(http, h, "kept", "v1")
         put(http, h, "not-deleted", "here")
         refused_before = log.read_text().count("this transaction arrived")
@@ -196,8 +182,8 @@ def test_a_write_that_reaches_the_server_after_its_503_does_nothing(own_stack, t
             for future in late:
                 assert_unavailable(future.result())
         # Thawed: both late transactions reach the server, which refuses them (its log says why).
-        wait_for(lambda: log.read_text().count("this transaction arrived") >= refused_before + 2, 15,
-                 "the server refusing both late writes")
+        wait_until(lambda: log.read_text().count("this transaction arrived") >= refused_before + 2, 15,
+                   "the server refusing both late writes", interval=0.02)
         assert http.get("/v1/cache/chapter/kept", headers=h).json()["content"] == "v1"
         assert http.get("/v1/cache/chapter/not-deleted", headers=h).status_code == 200
 
@@ -231,7 +217,7 @@ def waiting_backend(admin: psycopg.Connection, wait_event: str) -> int:
         assert len(pids) <= 1, f"more than one backend waits on a {wait_event} lock: {pids}"
         return pids[0] if pids else None
 
-    return wait_for(one, 5, f"a service backend waiting on a {wait_event} lock")
+    return wait_until(one, 5, f"a service backend waiting on a {wait_event} lock", interval=0.02)
 
 
 def terminated_mid_request(
@@ -243,15 +229,16 @@ def terminated_mid_request(
             answer: Future = pool.submit(send)
             pid = waiting_backend(admin, wait_event)
             assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
-            wait_for(lambda: not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone(), 5,
-                     "the terminated backend gone")
+            wait_until(lambda: not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone(), 5,
+                       "the terminated backend gone", interval=0.02)
         return answer.result(30)
 
 
-def test_lost_connection_retried_once_for_get_and_put_never_for_delete_and_erase(own_stack, tmp_path):
+def test_lost_connection_retried_once_for_get_and_put_never_for_delete_and_erase(own_stack, start_service):
     user = uuid.uuid4()
     h = as_user(own_stack, user)
-    with live(own_stack, tmp_path) as service, httpx2.Client(base_url=service.url, timeout=30) as http:
+    service = start_service(own_stack, **SERVICE)
+    with http_client(service) as http:
         def retries() -> float:
             return sample(service, "cachesvc_db_retries_total", operation="cache")
 
@@ -307,38 +294,35 @@ def listening(url: str) -> bool:
 
 
 @pytest.mark.timing
-def test_sigterm_answers_the_request_in_flight_and_flushes_counters(own_stack, tmp_path):
+def test_sigterm_answers_the_request_in_flight_and_flushes_counters(own_stack, start_service):
     grace = 5
     hold_s = 1.0
     user = uuid.uuid4()
     h = as_user(own_stack, user)
     # Counters are flushed only at shutdown here (the interval is far longer than the test).
-    service = LiveService(own_stack, tmp_path / "service.log", flush_interval_s=600, shutdown_grace_s=grace, rate_limit_per_s=0)
-    try:
-        with httpx2.Client(base_url=service.url, timeout=30) as http:
-            put(http, h, "hot", tokens=7)
-            assert http.get("/v1/cache/chapter/hot", headers=h).status_code == 200  # one hit, counted in memory
-        with psycopg.connect(own_stack.url(SUPERUSER), autocommit=True) as admin, ThreadPoolExecutor(1) as pool:
-            with held(own_stack, *TABLE_LOCK):
-                in_flight: Future = pool.submit(
-                    lambda: httpx2.get(service.url + "/v1/cache/chapter/hot", headers=h, timeout=30)
-                )
-                waiting_backend(admin, "relation")
-                service.proc.send_signal(signal.SIGTERM)
-                stopping = time.monotonic()
-                wait_for(lambda: not listening(service.url), 5, "the listener closed after SIGTERM")
-                # Not a wait for a state: the request stays held well into the grace period, so
-                # that only the grace (not a quick release) can explain its answer.
-                time.sleep(max(0.0, stopping + hold_s - time.monotonic()))
-                assert service.proc.poll() is None and not in_flight.done()  # still held, still waited for
-            res = in_flight.result(30)
-        assert res.status_code == 200 and res.json()["content"] == "x", res.text
-        code = service.proc.wait(grace + 5)
-        assert time.monotonic() - stopping <= grace, "did not exit within CACHESVC_SHUTDOWN_GRACE_S"
-        # A graceful stop: uvicorn then re-raises the SIGTERM it handled (a clean stop to systemd).
-        assert code == 0, code
-    finally:
-        service.stop()
+    service = start_service(own_stack, flush_interval_s=600, shutdown_grace_s=grace, rate_limit_per_s=0)
+    with http_client(service) as http:
+        put(http, h, "hot", tokens=7)
+        assert http.get("/v1/cache/chapter/hot", headers=h).status_code == 200  # one hit, counted in memory
+    with psycopg.connect(own_stack.url(SUPERUSER), autocommit=True) as admin, ThreadPoolExecutor(1) as pool:
+        with held(own_stack, *TABLE_LOCK):
+            in_flight: Future = pool.submit(
+                lambda: httpx2.get(service.url + "/v1/cache/chapter/hot", headers=h, timeout=30)
+            )
+            waiting_backend(admin, "relation")
+            service.proc.send_signal(signal.SIGTERM)
+            stopping = time.monotonic()
+            wait_until(lambda: not listening(service.url), 5, "the listener closed after SIGTERM", interval=0.02)
+            # Not a wait for a state: the request stays held well into the grace period, so
+            # that only the grace (not a quick release) can explain its answer.
+            time.sleep(max(0.0, stopping + hold_s - time.monotonic()))
+            assert service.proc.poll() is None and not in_flight.done()  # still held, still waited for
+        res = in_flight.result(30)
+    assert res.status_code == 200 and res.json()["content"] == "x", res.text
+    code = service.proc.wait(grace + 5)
+    assert time.monotonic() - stopping <= grace, "did not exit within CACHESVC_SHUTDOWN_GRACE_S"
+    # A graceful stop: uvicorn then re-raises the SIGTERM it handled (a clean stop to systemd).
+    assert code == 0, code
     log = service.log_path.read_text()
     assert "final counter flush" in log and "Traceback" not in log
     with psycopg.connect(own_stack.url(SUPERUSER)) as conn:
@@ -366,10 +350,11 @@ def hit_count(stack: LocalStack, user: uuid.UUID, key: str) -> tuple[int, bool]:
 FLUSH_S = 1.5  # long enough for a few requests between two flushes, short enough to wait for
 
 
-def test_get_writes_nothing_until_the_flush(own_stack, tmp_path):
+def test_get_writes_nothing_until_the_flush(own_stack, start_service):
     user = uuid.uuid4()
     h = as_user(own_stack, user)
-    with live(own_stack, tmp_path, flush_interval_s=FLUSH_S) as service, httpx2.Client(base_url=service.url, timeout=30) as http:
+    service = start_service(own_stack, **(SERVICE | {"flush_interval_s": FLUSH_S}))
+    with http_client(service) as http:
         put(http, h, "read-me")
         flushed = next_flush(service, flushes(service))  # just after a flush: a whole interval ahead
         for n in range(3):
@@ -384,13 +369,14 @@ def test_get_writes_nothing_until_the_flush(own_stack, tmp_path):
         assert (stats["hits"], stats["misses"], stats["tokensSaved"]) == (3, 1, 21)
 
 
-def test_erase_drops_pending_counters_and_nothing_comes_back(own_stack, tmp_path):
+def test_erase_drops_pending_counters_and_nothing_comes_back(own_stack, start_service):
     """tests/test_erasure.py proves the database side (flushes in flight, other processes'
     counts). Here, through the live service: counts still in this process's memory at the
     erase are dropped there, and later flushes bring nothing of the user back."""
     user = uuid.uuid4()
     h = as_user(own_stack, user)
-    with live(own_stack, tmp_path, flush_interval_s=FLUSH_S) as service, httpx2.Client(base_url=service.url, timeout=30) as http:
+    service = start_service(own_stack, **(SERVICE | {"flush_interval_s": FLUSH_S}))
+    with http_client(service) as http:
         put(http, h, "k")
         assert http.get("/v1/cache/chapter/k", headers=h).status_code == 200
         flushed = next_flush(service, flushes(service))
@@ -420,12 +406,12 @@ def test_cached_token_is_refused_after_its_exp(service, tokens):
     token = tokens(uuid.uuid4(), ttl_seconds=2)
     exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     h = {"Authorization": f"Bearer {token}"}
-    with httpx2.Client(base_url=service.url, timeout=10) as http:
+    with http_client(service, timeout=10) as http:
         assert http.get("/v1/cache/chapter/k", headers=h).status_code == 404  # verified, and now cached
         assert http.get("/v1/cache/chapter/k", headers=h).status_code == 404  # served from the cache
-        while (res := http.get("/v1/cache/chapter/k", headers=h)).status_code == 404:
-            assert time.time() < exp + 1, "the cached token was still accepted a second past its exp"
-            time.sleep(0.05)
+        res = wait_until(lambda: http.get("/v1/cache/chapter/k", headers=h), exp + 1 - time.time(),
+                         until=lambda res: res.status_code != 404,
+                         error="the cached token was still accepted a second past its exp")
     assert res.status_code == 401 and res.json()["error"]["code"] == "unauthorized", res.text
     assert "expired" in res.json()["error"]["message"]
 
@@ -459,7 +445,7 @@ def bad_tokens(stack: LocalStack) -> dict[str, dict[str, str]]:
 
 
 def test_every_authenticated_route_refuses_bad_tokens(service, tokens, stack):
-    with httpx2.Client(base_url=service.url, timeout=10) as http:
+    with http_client(service, timeout=10) as http:
         operations = authenticated_operations(http.get("/openapi.json").json())
         # The document is the source; it must at least name the routes we know of.
         assert {("PUT", "/v1/cache/chapter/some-key"), ("DELETE", "/v1/cache"), ("POST", "/v1/features/lookup"),

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx2
 import psycopg
@@ -18,7 +17,7 @@ import pytest
 
 from cachesvc import auth
 from cachesvc.localstack import SUPERUSER, LocalStack
-from tests.conftest import CheckedThread, LiveService, join_all, metric, throwaway_stack
+from tests.harness import CheckedThread, LiveService, http_client, join_all, metric, throwaway_stack, wait_until
 
 BOUND_S = 5.0  # request_timeout_s (2) + pool_timeout_s (1) + slack for a loaded 2-core machine
 
@@ -30,9 +29,7 @@ def fault_stack():
         yield s
 
 
-def start_service(stack: LocalStack, tmp_path: Path, **settings) -> LiveService:
-    defaults = {"pool_size": 4, "pool_timeout_s": 1, "request_timeout_s": 2, "rate_limit_per_s": 0, "flush_interval_s": 0.5}
-    return LiveService(stack, tmp_path / "service.log", **(defaults | settings))
+SERVICE = {"pool_size": 4, "pool_timeout_s": 1, "request_timeout_s": 2, "rate_limit_per_s": 0, "flush_interval_s": 0.5}
 
 
 def token(stack: LocalStack, user: uuid.UUID) -> str:
@@ -117,84 +114,73 @@ class Load:
 def wait_recovered(service: LiveService, stack: LocalStack, timeout: float = 30) -> None:
     user = uuid.uuid4()
     h = {"Authorization": f"Bearer {token(stack, user)}"}
-    deadline = time.monotonic() + timeout
-    with httpx2.Client(base_url=service.url, timeout=10) as http:
-        while http.put("/v1/cache/chapter/probe", json={"content": 1}, headers=h).status_code not in (200, 201):
-            assert time.monotonic() < deadline, "the service did not recover by itself"
-            time.sleep(0.2)
+    with http_client(service, timeout=10) as http:
+        wait_until(lambda: http.put("/v1/cache/chapter/probe", json={"content": 1}, headers=h).status_code in (200, 201),
+                   timeout, error="the service did not recover by itself", interval=0.2)
         assert http.get("/readyz").status_code == 200
 
 
 @pytest.mark.timing
-def test_postgres_stopped_during_load(fault_stack, tmp_path):
-    service = start_service(fault_stack, tmp_path)
-    try:
-        load = Load(service.url, fault_stack)
-        thread = load.in_background(9)
-        time.sleep(2)
-        fault_stack.postgres.stop()
-        time.sleep(3)
-        fault_stack.postgres.start()
-        join_all([thread])
-        wait_recovered(service, fault_stack)
-        load.check()
-        assert 503 in load.statuses  # the outage was seen, and answered quickly
-    finally:
-        service.stop()
+def test_postgres_stopped_during_load(fault_stack, start_service):
+    service = start_service(fault_stack, **SERVICE)
+    load = Load(service.url, fault_stack)
+    thread = load.in_background(9)
+    time.sleep(2)
+    fault_stack.postgres.stop()
+    time.sleep(3)
+    fault_stack.postgres.start()
+    join_all([thread])
+    wait_recovered(service, fault_stack)
+    load.check()
+    assert 503 in load.statuses  # the outage was seen, and answered quickly
 
 
 @pytest.mark.timing
-def test_pgbouncer_restarted_during_load(fault_stack, tmp_path):
-    service = start_service(fault_stack, tmp_path)
-    try:
-        load = Load(service.url, fault_stack)
-        thread = load.in_background(7)
-        time.sleep(2)
-        fault_stack.bouncer.stop()
-        time.sleep(1.5)
-        fault_stack.bouncer.start()
-        join_all([thread])
-        wait_recovered(service, fault_stack)
-        load.check()
-    finally:
-        service.stop()
+def test_pgbouncer_restarted_during_load(fault_stack, start_service):
+    service = start_service(fault_stack, **SERVICE)
+    load = Load(service.url, fault_stack)
+    thread = load.in_background(7)
+    time.sleep(2)
+    fault_stack.bouncer.stop()
+    time.sleep(1.5)
+    fault_stack.bouncer.start()
+    join_all([thread])
+    wait_recovered(service, fault_stack)
+    load.check()
 
 
 @pytest.mark.timing
-def test_terminated_server_connections_are_replaced(fault_stack, tmp_path):
-    service = start_service(fault_stack, tmp_path)
-    try:
-        load = Load(service.url, fault_stack)
-        thread = load.in_background(6)
-        killed = 0
-        with psycopg.connect(fault_stack.url(SUPERUSER), autocommit=True) as admin:
-            for _ in range(4):
-                time.sleep(1)
-                killed += admin.execute(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE usename = 'cachesvc_app' AND pid <> pg_backend_pid()) t"
-                ).fetchone()[0]
-        join_all([thread])
-        assert killed > 0
-        # Every answer the load got, 503s included, was counted once in the request metric.
-        route = "/v1/cache/{contentType}/{key}"
-        counted = {(method, status): metric(service, "cachesvc_request_duration_seconds_count",
-                                            {"route": route, "method": method, "status": str(status)})
-                   for method, status in load.answered}
-        assert counted == load.answered
-        wait_recovered(service, fault_stack)
-        load.check()
-    finally:
-        service.stop()
+def test_terminated_server_connections_are_replaced(fault_stack, start_service):
+    service = start_service(fault_stack, **SERVICE)
+    load = Load(service.url, fault_stack)
+    thread = load.in_background(6)
+    killed = 0
+    with psycopg.connect(fault_stack.url(SUPERUSER), autocommit=True) as admin:
+        for _ in range(4):
+            time.sleep(1)
+            killed += admin.execute(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE usename = 'cachesvc_app' AND pid <> pg_backend_pid()) t"
+            ).fetchone()[0]
+    join_all([thread])
+    assert killed > 0
+    # Every answer the load got, 503s included, was counted once in the request metric.
+    route = "/v1/cache/{contentType}/{key}"
+    counted = {(method, status): metric(service, "cachesvc_request_duration_seconds_count",
+                                        {"route": route, "method": method, "status": str(status)})
+               for method, status in load.answered}
+    assert counted == load.answered
+    wait_recovered(service, fault_stack)
+    load.check()
 
 
 @pytest.mark.timing
-def test_sigterm_finishes_in_flight_flushes_counters_loses_nothing(fault_stack, tmp_path):
+def test_sigterm_finishes_in_flight_flushes_counters_loses_nothing(fault_stack, start_service):
     # Counters are flushed only at shutdown here (interval far longer than the test).
-    service = start_service(fault_stack, tmp_path, flush_interval_s=600, shutdown_grace_s=10)
+    service = start_service(fault_stack, **(SERVICE | {"flush_interval_s": 600, "shutdown_grace_s": 10}))
     user = uuid.uuid4()
     h = {"Authorization": f"Bearer {token(fault_stack, user)}"}
-    with httpx2.Client(base_url=service.url, timeout=30) as http:
+    with http_client(service) as http:
         assert http.put("/v1/cache/chapter/hot", json={"content": "x", "tokenCount": 7}, headers=h).status_code == 201
         hits = sum(http.get("/v1/cache/chapter/hot", headers=h).status_code == 200 for _ in range(25))
     load = Load(service.url, fault_stack)
@@ -217,29 +203,26 @@ def test_sigterm_finishes_in_flight_flushes_counters_loses_nothing(fault_stack, 
 
 
 @pytest.mark.timing
-def test_pool_exhaustion_waits_at_most_the_bound_then_503(fault_stack, tmp_path):
-    service = start_service(fault_stack, tmp_path, pool_size=2)
+def test_pool_exhaustion_waits_at_most_the_bound_then_503(fault_stack, start_service):
+    service = start_service(fault_stack, **(SERVICE | {"pool_size": 2}))
     user = uuid.uuid4()
     h = {"Authorization": f"Bearer {token(fault_stack, user)}"}
-    try:
-        with httpx2.Client(base_url=service.url, timeout=30) as http:
-            assert http.put("/v1/cache/chapter/k", json={"content": 1}, headers=h).status_code == 201
-        with psycopg.connect(fault_stack.url(SUPERUSER)) as blocker:
-            blocker.execute("LOCK TABLE infinite_pages_cache_partitioned IN ACCESS EXCLUSIVE MODE")
+    with http_client(service) as http:
+        assert http.put("/v1/cache/chapter/k", json={"content": 1}, headers=h).status_code == 201
+    with psycopg.connect(fault_stack.url(SUPERUSER)) as blocker:
+        blocker.execute("LOCK TABLE infinite_pages_cache_partitioned IN ACCESS EXCLUSIVE MODE")
 
-            async def burst():
-                async with httpx2.AsyncClient(base_url=service.url, timeout=30) as client:
-                    async def one():
-                        started = time.monotonic()
-                        res = await client.get("/v1/cache/chapter/k", headers=h)
-                        return res.status_code, time.monotonic() - started
+        async def burst():
+            async with httpx2.AsyncClient(base_url=service.url, timeout=30) as client:
+                async def one():
+                    started = time.monotonic()
+                    res = await client.get("/v1/cache/chapter/k", headers=h)
+                    return res.status_code, time.monotonic() - started
 
-                    return await asyncio.gather(*(one() for _ in range(10)))
+                return await asyncio.gather(*(one() for _ in range(10)))
 
-            results = asyncio.run(burst())
-            blocker.rollback()
-        assert {status for status, _ in results} == {503}, results
-        assert max(elapsed for _, elapsed in results) < BOUND_S, results
-        wait_recovered(service, fault_stack)
-    finally:
-        service.stop()
+        results = asyncio.run(burst())
+        blocker.rollback()
+    assert {status for status, _ in results} == {503}, results
+    assert max(elapsed for _, elapsed in results) < BOUND_S, results
+    wait_recovered(service, fault_stack)

@@ -26,8 +26,8 @@ from cachesvc.db.pools import create_pool, open_pool
 from cachesvc.features import catalog
 from cachesvc.features.reader import FeatureReader
 from cachesvc.localstack import SUPERUSER
-from tests.conftest import LiveService, connect, wait_until
-from tests.feature_tables import create_table, drop_tables, maintainer, service_headers
+from tests.harness import (as_user, connect, create_table, drop_tables, http_client, maintainer, running_service,
+                           service_headers, wait_until)
 
 RNG = random.Random(20261123)
 UTC = dt.timezone.utc
@@ -94,17 +94,15 @@ def feature_data(stack):
 
 @pytest.fixture(scope="module")
 def feature_service(stack, feature_data, tmp_path_factory):
-    live = LiveService(
-        stack, tmp_path_factory.mktemp("features") / "service.log",
-        flush_interval_s="0.2", features_tables=",".join(TABLES),
-    )
-    yield live
-    live.stop()
+    with running_service(stack, tmp_path_factory.mktemp("features") / "service.log",
+                         flush_interval_s="0.2", features_tables=",".join(TABLES)) as live:
+        yield live
 
 
 @pytest.fixture
 def http(feature_service):
-    with httpx2.Client(base_url=feature_service.url, timeout=30) as client:
+    """The client of this module's feature service (not the session's)."""
+    with http_client(feature_service) as client:
         yield client
 
 
@@ -319,17 +317,14 @@ def test_only_service_tokens_may_read_features(http, tokens, stack, method, path
     assert http.request(method, path, json=body).status_code == 401
 
 
-def test_a_setting_opens_features_to_user_tokens(stack, tokens, feature_data, tmp_path):
-    live = LiveService(stack, tmp_path / "open.log", features_tables=USERS, features_open_to_users="true")
-    try:
-        key = feature_data[USERS][0]
-        user = httpx2.get(f"{live.url}/v1/features/{key}", headers={"Authorization": f"Bearer {tokens(uuid.uuid4())}"})
-        assert user.status_code == 200 and user.json()["features"][USERS]["entity_key"] == int(key)
-        anon = jwt.encode({"sub": str(uuid.uuid4()), "aud": "authenticated", "role": "anon", "exp": int(time.time()) + 60},
-                          stack.settings().jwt_secret, algorithm="HS256")
-        assert httpx2.get(f"{live.url}/v1/features/{key}", headers={"Authorization": f"Bearer {anon}"}).status_code == 403
-    finally:
-        live.stop()
+def test_a_setting_opens_features_to_user_tokens(stack, tokens, feature_data, start_service):
+    live = start_service(features_tables=USERS, features_open_to_users="true")
+    key = feature_data[USERS][0]
+    user = httpx2.get(f"{live.url}/v1/features/{key}", headers=as_user(tokens, uuid.uuid4()))
+    assert user.status_code == 200 and user.json()["features"][USERS]["entity_key"] == int(key)
+    anon = jwt.encode({"sub": str(uuid.uuid4()), "aud": "authenticated", "role": "anon", "exp": int(time.time()) + 60},
+                      stack.settings().jwt_secret, algorithm="HS256")
+    assert httpx2.get(f"{live.url}/v1/features/{key}", headers={"Authorization": f"Bearer {anon}"}).status_code == 403
 
 
 # -- both strategies, in-process ------------------------------------------------------------
@@ -375,10 +370,8 @@ def test_stats_report_the_view_figures_and_warn_on_sequential_scans(http, tokens
     with psycopg.connect(stack.url(SUPERUSER), autocommit=True) as conn:
         conn.execute(f"SELECT count(*) FROM features.{SMALL} WHERE v > 0")  # a sequential scan reading rows
         conn.execute("SELECT pg_stat_force_next_flush()")
-    deadline = time.monotonic() + 10
-    while (body := small_stats())["small"]["seqTupRead"] < before + 150:
-        assert time.monotonic() < deadline, "the sequential scan never showed"
-        time.sleep(0.2)
+    body = wait_until(small_stats, 10, until=lambda body: body["small"]["seqTupRead"] >= before + 150,
+                      error="the sequential scan never showed", interval=0.2)
     assert any(w.startswith(f"{SMALL}: sequential scans read") for w in body["warnings"]), body["warnings"]
     assert body["schemaName"] == "features"
     by_name = {t["tableName"]: t for t in body["tables"]}

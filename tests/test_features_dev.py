@@ -8,10 +8,10 @@ import shlex
 import signal
 import subprocess
 
-from tests.test_dev import dev_env, dev_home, start_dev  # noqa: F401  (dev_home is a fixture)
+from tests.harness import dev_env, start_dev
 
 
-def test_dev_banner_curl_returns_demo_features(dev_home, tmp_path):  # noqa: F811
+def test_dev_banner_curl_returns_demo_features(dev_home, tmp_path):
     env = dev_env(dev_home)
     log = tmp_path / "dev.log"
     proc = start_dev(env, log)

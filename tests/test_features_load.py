@@ -16,8 +16,8 @@ import psycopg
 import pytest
 
 from cachesvc.localstack import SUPERUSER
-from tests.conftest import CheckedThread, LiveService, join_all, raise_failures, wait_until
-from tests.feature_tables import create_table, drop_tables, feature_tables, maintainer, service_headers
+from tests.harness import (CheckedThread, LiveService, create_table, drop_tables, feature_tables, join_all, maintainer,
+                           raise_failures, service_headers, wait_until)
 
 GEN = "ft_generations"
 OTHER = "ft_steady"

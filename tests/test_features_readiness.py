@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import httpx2
@@ -18,8 +17,7 @@ from cachesvc.db.pools import create_pool, open_pool
 from cachesvc.features import catalog, warmup
 from cachesvc.features.reader import FeatureReader
 from cachesvc.localstack import SUPERUSER
-from tests.conftest import LiveService, connect
-from tests.feature_tables import StartingService, create_table, drop_tables, maintainer
+from tests.harness import LiveService, connect, create_table, drop_tables, maintainer, wait_until
 
 WARM = "ft_warm"
 
@@ -34,88 +32,70 @@ def warm_table(stack):
         drop_tables(conn, WARM)
 
 
-def wait_for_status(service: StartingService, status: int, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while (res := service.readyz()).status_code != status:
-        assert time.monotonic() < deadline, f"/readyz stayed {res.status_code}: {res.text}"
-        time.sleep(0.1)
-    return res
+def wait_for_status(service: LiveService, status: int, timeout: float = 30):
+    return wait_until(service.readyz, timeout, until=lambda res: res.status_code == status,
+                      error=lambda res: f"/readyz stayed {res.status_code}: {res.text}", interval=0.1)
 
 
-def wait_for_features(service: StartingService, until: Callable[[dict], bool], timeout: float = 30) -> dict:
+def wait_for_features(service: LiveService, until: Callable[[dict], bool], timeout: float = 30) -> dict:
     """/readyz's features section, once ``until`` holds for it."""
-    deadline = time.monotonic() + timeout
-    while not until(features := service.readyz().json()["features"]):
-        assert time.monotonic() < deadline, features
-        time.sleep(0.1)
-    return features
+    return wait_until(lambda: service.readyz().json()["features"], timeout, until=until, error=lambda features: features,
+                      interval=0.1)
 
 
 # -- readiness ------------------------------------------------------------------------------
 
 
-def test_readyz_is_503_until_warm_up_is_done(stack, warm_table, tmp_path):
+def test_readyz_is_503_until_warm_up_is_done(stack, warm_table, start_service):
     """Warm-up blocked on the table's lock: 503 with the reason; once released: 200."""
     with psycopg.connect(stack.url(SUPERUSER)) as blocker:
         blocker.execute(f"LOCK TABLE features.{WARM} IN ACCESS EXCLUSIVE MODE")
         # no latency threshold: readiness here waits on the lock only, not on the machine's speed
-        live = StartingService(stack, tmp_path / "svc.log", features_tables=WARM, features_warmup_wait_s="0",
-                               features_ready_latency_ms="0")
-        try:
-            failed = wait_for_features(live, lambda f: "error" in f)  # warm-up met the lock_timeout at least once
-            assert "lock timeout" in failed["error"] and failed["state"] in ("warming", "retrying")
-            res = live.readyz()
-            assert res.status_code == 503 and res.headers["retry-after"]
-            body = res.json()
-            assert body["checks"] == {"pool": True, "schema": True}
-            assert body["features"]["ready"] is False
-            assert body["features"]["state"] in ("warming", "retrying")
-            blocker.rollback()  # release the lock
-            res = wait_for_status(live, 200)
-            features = res.json()["features"]
-            assert features["state"] == "done" and features["ready"] is True and features["tables"] == 1
-            steps = features["warmup"]["steps"]
-            assert steps["prewarm"]["method"] == "pg_prewarm" and steps["prewarm"]["blocks"] > 0
-            assert steps["syntheticLookups"]["count"] > 0
-            assert features["probe"]["passed"] is True and features["probe"]["hitRatio"] >= 0.9
-        finally:
-            live.stop()
-
-
-def test_readyz_stays_503_while_the_probe_misses_its_threshold(stack, warm_table, tmp_path):
-    live = StartingService(
-        stack, tmp_path / "svc.log", features_tables=WARM, features_warmup_wait_s="0", features_ready_latency_ms="0.0001"
-    )
-    try:
-        first = wait_for_features(live, lambda f: "probe" in f)["probe"]
-        wait_for_features(live, lambda f: f["probe"] != first)  # a second probe has run, and failed again
+        live = start_service(wait="alive", features_tables=WARM, features_warmup_wait_s="0", features_ready_latency_ms="0")
+        failed = wait_for_features(live, lambda f: "error" in f)  # warm-up met the lock_timeout at least once
+        assert "lock timeout" in failed["error"] and failed["state"] in ("warming", "retrying")
         res = live.readyz()
-        assert res.status_code == 503
+        assert res.status_code == 503 and res.headers["retry-after"]
+        body = res.json()
+        assert body["checks"] == {"pool": True, "schema": True}
+        assert body["features"]["ready"] is False
+        assert body["features"]["state"] in ("warming", "retrying")
+        blocker.rollback()  # release the lock
+        res = wait_for_status(live, 200)
         features = res.json()["features"]
-        assert features["state"] == "probing" and features["ready"] is False
-        assert features["probe"]["passed"] is False
-        assert features["probe"]["latencyMs"] > features["probe"]["maxLatencyMs"]
-    finally:
-        live.stop()
+        assert features["state"] == "done" and features["ready"] is True and features["tables"] == 1
+        steps = features["warmup"]["steps"]
+        assert steps["prewarm"]["method"] == "pg_prewarm" and steps["prewarm"]["blocks"] > 0
+        assert steps["syntheticLookups"]["count"] > 0
+        assert features["probe"]["passed"] is True and features["probe"]["hitRatio"] >= 0.9
+        live.stop()  # before the blocker's connection closes, as always
 
 
-def test_without_warm_up_ready_at_once_and_hot_keys_are_warmed_first(stack, warm_table, tmp_path):
+def test_readyz_stays_503_while_the_probe_misses_its_threshold(warm_table, start_service):
+    live = start_service(wait="alive", features_tables=WARM, features_warmup_wait_s="0", features_ready_latency_ms="0.0001")
+    first = wait_for_features(live, lambda f: "probe" in f)["probe"]
+    wait_for_features(live, lambda f: f["probe"] != first)  # a second probe has run, and failed again
+    res = live.readyz()
+    assert res.status_code == 503
+    features = res.json()["features"]
+    assert features["state"] == "probing" and features["ready"] is False
+    assert features["probe"]["passed"] is False
+    assert features["probe"]["latencyMs"] > features["probe"]["maxLatencyMs"]
+
+
+def test_without_warm_up_ready_at_once_and_hot_keys_are_warmed_first(stack, warm_table, start_service):
     with connect(stack, "cachesvc_app", autocommit=True) as app:
         app.execute("SELECT record_feature_hot_keys(ARRAY['11', '12', '13'], ARRAY[5, 5, 5]::bigint[])")
     try:
-        cold = LiveService(stack, tmp_path / "cold.log", features_tables=WARM, features_warmup="false")
-        try:
-            res = httpx2.get(cold.url + "/readyz")
-            assert res.status_code == 200
-            assert res.json()["features"] == {"enabled": False, "state": "disabled", "ready": True, "tables": 1}
-        finally:
-            cold.stop()
-        warm = StartingService(stack, tmp_path / "warm.log", features_tables=WARM, features_ready_latency_ms="0")
-        try:
-            features = wait_for_status(warm, 200).json()["features"]
-            assert features["warmup"]["steps"]["hotKeys"]["count"] >= 3
-        finally:
-            warm.stop()
+        cold = start_service(log="cold.log", features_tables=WARM, features_warmup="false")
+        res = httpx2.get(cold.url + "/readyz")
+        assert res.status_code == 200
+        assert res.json()["features"] == {"enabled": False, "state": "disabled", "ready": True, "tables": 1}
+        cold.stop()
+        warm = start_service(log="warm.log", wait="alive", features_tables=WARM, features_ready_latency_ms="0")
+        features = wait_for_status(warm, 200).json()["features"]
+        assert features["warmup"]["steps"]["hotKeys"]["count"] >= 3
+        warm.stop()  # before the hot keys are deleted
     finally:
         with psycopg.connect(stack.url(SUPERUSER), autocommit=True) as admin:
             admin.execute("DELETE FROM feature_hot_keys WHERE entity_key IN ('11', '12', '13')")
@@ -152,10 +132,8 @@ def test_without_pg_prewarm_warm_up_reads_index_pages(stack, warm_table, admin):
     finally:
         admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO cache_app')
     assert summary["method"] == "index_scan" and summary["tablesInBuffers"] == 1
-    deadline = time.monotonic() + 10
-    while (after := counters())[0] < before[0] + 2:
-        assert time.monotonic() < deadline, (before, after)
-        time.sleep(0.2)
+    after = wait_until(counters, 10, until=lambda after: after[0] >= before[0] + 2, error=lambda after: (before, after),
+                       interval=0.2)
     assert after[1] == before[1]
     # and with the extension usable again, it is used
     assert asyncio.run(run())["method"] == "pg_prewarm"
@@ -172,18 +150,17 @@ def test_without_pg_prewarm_warm_up_reads_index_pages(stack, warm_table, admin):
         ("a numeric PRIMARY KEY, b text", "features.ft_bad: key column a is numeric"),
     ],
 )
-def test_service_refuses_to_start_on_a_table_it_cannot_serve(stack, tmp_path, ddl, message):
+def test_service_refuses_to_start_on_a_table_it_cannot_serve(stack, start_service, ddl, message):
     with maintainer(stack) as conn:
         create_table(conn, "ft_bad", ddl)
     try:
         with pytest.raises(RuntimeError, match="service exited") as failed:
-            LiveService(stack, tmp_path / "svc.log")
+            start_service(log="svc.log")
         assert message in str(failed.value)
         # An allow-list that leaves the table out serves the others.
         with maintainer(stack) as conn:
             create_table(conn, "ft_fine", "k text PRIMARY KEY, v integer", [("a", 1)])
-        live = LiveService(stack, tmp_path / "allowed.log", features_tables="ft_fine")
-        live.stop()
+        start_service(log="allowed.log", features_tables="ft_fine").stop()
     finally:
         with maintainer(stack) as conn:
             drop_tables(conn, "ft_bad", "ft_fine")
@@ -221,13 +198,14 @@ def test_warmup_and_stats_commands(stack, warm_table, admin):
     admin.execute(f"SELECT count(*) FROM features.{WARM} WHERE tag = 'x'")  # a sequential scan reading rows
     admin.execute("SELECT pg_stat_force_next_flush()")
     admin.execute("SELECT 1")
-    deadline = time.monotonic() + 10
-    while True:
+    def strict_stats() -> tuple[subprocess.CompletedProcess, list[str]]:
         stats = run_cli(stack, "features", "stats", "--strict")
-        warnings = json.loads(stats.stdout)["warnings"]
-        if any(w.startswith(f"{WARM}: sequential scans read") for w in warnings) or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+        return stats, json.loads(stats.stdout)["warnings"]
+
+    def warned(result: tuple[subprocess.CompletedProcess, list[str]]) -> bool:
+        return any(w.startswith(f"{WARM}: sequential scans read") for w in result[1])
+
+    stats, warnings = wait_until(strict_stats, 10, until=warned, error=lambda result: result[1], interval=0.3)
     assert stats.returncode == 1 and any(w.startswith(f"{WARM}: sequential scans read") for w in warnings), warnings
     assert f"warning: {WARM}: sequential scans read" in stats.stderr
     assert run_cli(stack, "features", "stats").returncode == 0  # warnings are not failures without --strict

@@ -8,8 +8,8 @@ from psycopg import errors
 
 from cachesvc import migrations
 from cachesvc.localstack import SUPERUSER
-from tests.conftest import connect
-from tests.feature_tables import maintainer
+from tests.harness import connect
+from tests.harness import maintainer
 
 DB = "cachesvc_features_migrations"
 

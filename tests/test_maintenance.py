@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gzip
 import json
 import os
 import pty
@@ -16,14 +15,14 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from psycopg import sql
 
-from cachesvc.maintenance.partitions import add_months, month_start
+from cachesvc.maintenance.partitions import add_months
 from cachesvc.migrations import PROJECT_ROOT
-from tests.conftest import acting_as, connect, insert_entry
+from tests.harness import (acting_as, archived_rows, cli, connect, insert_entry, past_audit_rows, report, seed_audit_month,
+                           this_month, utc, wait_until)
 
 COMMANDS = {
     "partitions ensure": ["partitions", "ensure"],
@@ -33,62 +32,6 @@ COMMANDS = {
     "verify": ["verify"],
     "health partitions": ["health", "partitions"],
 }
-
-
-@pytest.fixture
-def maint_env(stack):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHESVC_", "PG"))}
-    return env | stack.env() | {"CACHESVC_ADMIN_DATABASE_URL": stack.url("cachesvc_maintainer", direct=True)}
-
-
-def cli(env: dict, *args: str, fault: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    if fault:
-        env = env | {"CACHESVC_FAULT_KILL_AT": fault}
-    return subprocess.run([sys.executable, "-m", "cachesvc", *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def report(result: subprocess.CompletedProcess) -> dict:
-    assert result.stdout, result.stderr
-    return json.loads(result.stdout)
-
-
-def this_month(admin) -> dt.date:
-    return month_start(admin.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0])
-
-
-def utc(month: dt.date) -> dt.datetime:
-    return dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
-
-
-def seed_audit_month(admin, month: dt.date, rows: int) -> None:
-    admin.execute("SELECT create_monthly_audit_partition(%s)", (month,))
-    admin.execute(
-        """
-        INSERT INTO cache_audit_log (occurred_at, user_id, actor, action, content_type, cache_key, details)
-        SELECT %s::timestamptz + g * interval '37 seconds', gen_random_uuid(), 'user',
-               (ARRAY['put', 'delete', 'erase'])[1 + g %% 3], 'chapter', 'key/' || g || E'\\t"quoted"',
-               jsonb_build_object('n', g, 'text', E'line\\nbreak \\\\ back', 'nested', jsonb_build_object('x', g * 1.5))
-          FROM generate_series(1, %s) AS g
-        """,
-        (utc(month), rows),
-    )
-
-
-def past_audit_rows(admin, before: dt.date) -> list[dict]:
-    return [
-        json.loads(r[0])
-        for r in admin.execute(
-            "SELECT row_to_json(t)::text FROM cache_audit_log t WHERE occurred_at < %s ORDER BY id", (utc(before),)
-        )
-    ]
-
-
-def archived_rows(dest: Path) -> list[dict]:
-    rows = []
-    for file in sorted(dest.glob("*.jsonl.gz")):
-        with gzip.open(file, "rt") as fh:
-            rows += [json.loads(line) for line in fh]
-    return sorted(rows, key=lambda r: r["id"])
 
 
 # -- every command: lock, summary row, exit codes ----------------------------------------
@@ -324,14 +267,19 @@ def archive_killed_at(args: list[str], env: dict, milestone: str, timeout: float
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     seen = b""
-    deadline = time.monotonic() + timeout
+
+    def progressed() -> bool:
+        nonlocal seen
+        if milestone.encode() in seen:
+            return True
+        assert proc.poll() is None, f"finished before {milestone!r}; its progress: {seen[-400:]!r}"
+        if select.select([master], [], [], 0.05)[0]:
+            with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+                seen += os.read(master, 65536)
+        return False
+
     try:
-        while milestone.encode() not in seen:
-            assert proc.poll() is None, f"finished before {milestone!r}; its progress: {seen[-400:]!r}"
-            assert time.monotonic() < deadline, f"no {milestone!r} after {timeout}s: {seen[-400:]!r}"
-            if select.select([master], [], [], 0.05)[0]:
-                with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
-                    seen += os.read(master, 65536)
+        wait_until(progressed, timeout, error=lambda _: f"no {milestone!r} after {timeout}s: {seen[-400:]!r}", interval=0)
         proc.send_signal(signal.SIGKILL)
         stdout, _ = proc.communicate()
     finally:

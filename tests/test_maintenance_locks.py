@@ -14,11 +14,11 @@ import pytest
 from cachesvc.cli import build_parser
 from cachesvc.maintenance.partitions import AUDIT_BUSY, add_months
 from cachesvc.maintenance.runner import AUDIT_LOCK, LOCKS, lock_key
-from tests.conftest import connect, insert_entry
-from tests.test_maintenance import (  # noqa: F401  (maint_env is a fixture)
+from tests.harness import (
     archived_rows,
     cli,
-    maint_env,
+    connect,
+    insert_entry,
     past_audit_rows,
     report,
     seed_audit_month,

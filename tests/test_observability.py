@@ -6,49 +6,43 @@ import hashlib
 import json
 import uuid
 
-import httpx2
 import pytest
 
-from tests.conftest import LiveService, metric, metrics_text
+from tests.harness import as_user, http_client, metric, metrics_text
 
 
 @pytest.mark.timing
-def test_rate_limit_per_user_with_retry_after(stack, tokens, tmp_path):
-    service = LiveService(stack, tmp_path / "service.log", rate_limit_per_s=0.5, rate_limit_burst=3)
-    try:
-        a, b = uuid.uuid4(), uuid.uuid4()
-        with httpx2.Client(base_url=service.url) as http:
-            ha = {"Authorization": f"Bearer {tokens(a)}"}
-            codes = [http.get("/v1/cache/chapter/k", headers=ha).status_code for _ in range(3)]
-            assert codes == [404, 404, 404]
-            limited = http.get("/v1/cache/chapter/k", headers=ha)
-            assert limited.status_code == 429
-            assert limited.json()["error"]["code"] == "rate_limited"
-            assert int(limited.headers["retry-after"]) >= 1
-            # Another user has a bucket of their own.
-            assert http.get("/v1/cache/chapter/k", headers={"Authorization": f"Bearer {tokens(b)}"}).status_code == 404
-            assert metric(service, "cachesvc_rate_limited_total") == 1
-    finally:
-        service.stop()
+def test_rate_limit_per_user_with_retry_after(tokens, start_service):
+    service = start_service(rate_limit_per_s=0.5, rate_limit_burst=3)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    with http_client(service, timeout=5) as http:
+        ha = as_user(tokens, a)
+        codes = [http.get("/v1/cache/chapter/k", headers=ha).status_code for _ in range(3)]
+        assert codes == [404, 404, 404]
+        limited = http.get("/v1/cache/chapter/k", headers=ha)
+        assert limited.status_code == 429
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert int(limited.headers["retry-after"]) >= 1
+        # Another user has a bucket of their own.
+        assert http.get("/v1/cache/chapter/k", headers=as_user(tokens, b)).status_code == 404
+        assert metric(service, "cachesvc_rate_limited_total") == 1
 
 
-def test_access_log_has_ids_and_pseudonyms_never_tokens_or_content(stack, tokens, tmp_path):
-    service = LiveService(stack, tmp_path / "service.log")
+def test_access_log_has_ids_and_pseudonyms_never_tokens_or_content(tokens, start_service):
+    service = start_service()
     user = uuid.uuid4()
     token = tokens(user)
     secret_content = "content-" + uuid.uuid4().hex
-    try:
-        with httpx2.Client(base_url=service.url) as http:
-            h = {"Authorization": f"Bearer {token}", "X-Request-Id": "req-abc-123"}
-            put = http.put("/v1/cache/chapter/story%2F1", json={"content": secret_content}, headers=h)
-            assert put.headers["x-request-id"] == "req-abc-123"
-            http.get("/v1/cache/chapter/story%2F1", headers={"Authorization": f"Bearer {token}"})
-            http.get("/v1/cache/chapter/absent", headers={"Authorization": f"Bearer {token}"})
-            metrics = http.get("/metrics").text
-            assert metric(metrics, "cachesvc_request_duration_seconds_count",
-                          {"route": "/v1/cache/{contentType}/{key}", "method": "PUT", "status": "201"}) == 1
-    finally:
-        service.stop()
+    with http_client(service, timeout=5) as http:
+        h = {"Authorization": f"Bearer {token}", "X-Request-Id": "req-abc-123"}
+        put = http.put("/v1/cache/chapter/story%2F1", json={"content": secret_content}, headers=h)
+        assert put.headers["x-request-id"] == "req-abc-123"
+        http.get("/v1/cache/chapter/story%2F1", headers={"Authorization": f"Bearer {token}"})
+        http.get("/v1/cache/chapter/absent", headers={"Authorization": f"Bearer {token}"})
+        metrics = http.get("/metrics").text
+        assert metric(metrics, "cachesvc_request_duration_seconds_count",
+                      {"route": "/v1/cache/{contentType}/{key}", "method": "PUT", "status": "201"}) == 1
+    service.stop()  # the log read below is complete
     log = service.log_path.read_text()
     assert token not in log and secret_content not in log and str(user) not in log
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
@@ -87,7 +81,7 @@ def test_metrics_report_warm_up_read_batches_and_the_pool(service, tokens):
     """Reads one after another: each is a read batch of its own, none coalesced."""
     before = metrics_text(service)
     h = {"Authorization": f"Bearer {tokens(uuid.uuid4())}"}
-    with httpx2.Client(base_url=service.url, timeout=10, headers=h) as http:
+    with http_client(service, timeout=10, headers=h) as http:
         assert [http.get(f"/v1/cache/chapter/k{i}").status_code for i in range(3)] == [404] * 3
     after = metrics_text(service)
     assert metric(after, "cachesvc_features_warm") == 1

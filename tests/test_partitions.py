@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.conftest import acting_as, connect, insert_entry
-from tests.test_definer_security import free_month as month_without_partitions
+from tests.harness import acting_as, connect, insert_entry
+from tests.harness import free_month as month_without_partitions
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

@@ -11,13 +11,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2
 import psycopg
 import pytest
 from psycopg import ClientCursor
 
 from cachesvc.localstack import LocalPgBouncer, LocalStack, free_port
-from tests.conftest import LiveService, wait_until
+from tests.harness import as_user, http_client, wait_until
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -158,30 +157,28 @@ def test_a_session_set_leaks_to_the_next_client_but_transaction_local_settings_d
     assert app_servers(stack, one_server) == [pid]
 
 
-def test_the_service_leaves_no_session_state_on_the_server_connection(stack, tokens, one_server, tmp_path):
+def test_the_service_leaves_no_session_state_on_the_server_connection(stack, tokens, one_server, start_service):
     """What the service relies on: every path (warm-up, reads, writes, lookups, statistics,
     erasure, the counter flush) sets its context with ``set_config(..., true)`` inside its
     transaction and never with a session ``SET``. Run through a PgBouncer with one server
     connection, every transaction of the service lands on one backend; a client that comes
     after finds that backend with no user and nothing SET for the session."""
-    service = LiveService(stack, tmp_path / "service.log", database_url=app_url(stack, one_server), pool_size="2",
-                          flush_interval_s="0.2", rate_limit_per_s="0")
+    service = start_service(database_url=app_url(stack, one_server), pool_size="2", flush_interval_s="0.2",
+                            rate_limit_per_s="0")
     user, erased = uuid.uuid4(), uuid.uuid4()
-    try:
-        with httpx2.Client(base_url=service.url, timeout=30, headers={"Authorization": f"Bearer {tokens(user)}"}) as http:
-            assert http.put("/v1/cache/chapter/k", json={"content": "x", "tokenCount": 5}).status_code == 201
-            assert http.get("/v1/cache/chapter/k").status_code == 200
-            assert http.get("/v1/cache/chapter/absent").status_code == 404
-            lookup = http.post("/v1/cache/lookup", json={"items": [{"contentType": "chapter", "key": "k"}]})
-            assert lookup.status_code == 200 and lookup.json()["results"][0]["hit"] is True
-            wait_until(lambda: http.get("/v1/cache/stats").json()["hits"] == 2, 10, "the counter flush")
-            assert_no_session_state(stack, one_server)
-            assert http.delete("/v1/cache/chapter/k").status_code == 204
-            h = {"Authorization": f"Bearer {tokens(erased)}"}
-            assert http.put("/v1/cache/chapter/k", json={"content": "y"}, headers=h).status_code == 201
-            assert http.delete("/v1/cache", headers=h).status_code == 200
-    finally:
-        service.stop()
+    with http_client(service, headers=as_user(tokens, user)) as http:
+        assert http.put("/v1/cache/chapter/k", json={"content": "x", "tokenCount": 5}).status_code == 201
+        assert http.get("/v1/cache/chapter/k").status_code == 200
+        assert http.get("/v1/cache/chapter/absent").status_code == 404
+        lookup = http.post("/v1/cache/lookup", json={"items": [{"contentType": "chapter", "key": "k"}]})
+        assert lookup.status_code == 200 and lookup.json()["results"][0]["hit"] is True
+        wait_until(lambda: http.get("/v1/cache/stats").json()["hits"] == 2, 10, "the counter flush")
+        assert_no_session_state(stack, one_server)
+        assert http.delete("/v1/cache/chapter/k").status_code == 204
+        h = as_user(tokens, erased)
+        assert http.put("/v1/cache/chapter/k", json={"content": "y"}, headers=h).status_code == 201
+        assert http.delete("/v1/cache", headers=h).status_code == 200
+    service.stop()  # its shutdown (the final flush) leaves no session state either
     assert_no_session_state(stack, one_server)
 
 

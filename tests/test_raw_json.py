@@ -10,14 +10,13 @@ import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx2
 import psycopg
 import pytest
 
 from cachesvc import migrations
 from cachesvc.cache.rawjson import jsonb_refuses
 from cachesvc.localstack import SUPERUSER
-from tests.conftest import LiveService, acting_as, connect
+from tests.harness import acting_as, connect, http_client, running_service
 
 NUL_BOTH = rb'{"content": {"text": "a\u0000b", "list": ["\u0000", 1]}, "metadata": {"a\u0000b": "x\u0000y"}}'
 NUL_CONTENT = rb'{"content": "chapter one\u0000", "metadata": {"seed": 7}}'
@@ -62,9 +61,8 @@ def stored_as_text(admin, user: uuid.UUID, key: str) -> tuple[bool, bool]:
 @pytest.fixture(scope="module")
 def uncoalesced(stack, tmp_path_factory):
     """A second service with read_lanes = 0: GET and lookup use their own statements."""
-    live = LiveService(stack, tmp_path_factory.mktemp("uncoalesced") / "service.log", read_lanes="0")
-    yield live
-    live.stop()
+    with running_service(stack, tmp_path_factory.mktemp("uncoalesced") / "service.log", read_lanes="0") as live:
+        yield live
 
 
 @pytest.fixture(params=["coalesced", "uncoalesced"])
@@ -107,7 +105,7 @@ def test_put_then_every_read_gives_it_back(base_url, tokens, admin, case):
     body, content_as_text, metadata_as_text = STORED[case]
     user, key = uuid.uuid4(), f"raw-{case}"
     h = headers(tokens, user)
-    with httpx2.Client(base_url=base_url, timeout=30) as http:
+    with http_client(base_url) as http:
         put = http.put(f"/v1/cache/chapter/{key}", content=body, headers=h)
         assert put.status_code == 201, put.text
         assert served(put.json()) == expected(body)
@@ -121,7 +119,7 @@ def test_put_then_every_read_gives_it_back(base_url, tokens, admin, case):
 
 def test_huge_number_comes_back_as_sent(service, tokens):
     user = uuid.uuid4()
-    with httpx2.Client(base_url=service.url, timeout=30) as http:
+    with http_client(service.url) as http:
         assert http.put("/v1/cache/chapter/n", content=HUGE_NUMBER, headers=headers(tokens, user)).status_code == 201
         got = http.get("/v1/cache/chapter/n", headers=headers(tokens, user))
     assert b'{"n": 1e200000}' in got.content and b'{"m": -1e-99999}' in got.content
@@ -130,7 +128,7 @@ def test_huge_number_comes_back_as_sent(service, tokens):
 def test_lone_surrogate_is_refused_with_400_and_nothing_stored(service, tokens, admin):
     """msgspec refuses a lone surrogate escape as malformed JSON: a 400, never a 500."""
     user = uuid.uuid4()
-    with httpx2.Client(base_url=service.url, timeout=30) as http:
+    with http_client(service.url) as http:
         put = http.put("/v1/cache/chapter/half", content=LONE_SURROGATE, headers=headers(tokens, user))
     assert put.status_code == 400 and put.json()["error"]["code"] == "validation_error", put.text
     assert admin.execute(
@@ -141,7 +139,7 @@ def test_lone_surrogate_is_refused_with_400_and_nothing_stored(service, tokens, 
 def test_concurrent_coalesced_reads_each_get_their_own(service, tokens):
     users = [uuid.uuid4() for _ in range(6)]
     bodies = {u: json.dumps({"content": f"{u}\u0000end", "metadata": {"owner\u0000": str(u)}}).encode() for u in users}
-    with httpx2.Client(base_url=service.url, timeout=30) as http:
+    with http_client(service.url) as http:
         for u in users:
             assert http.put("/v1/cache/chapter/shared", content=bodies[u], headers=headers(tokens, u)).status_code == 201
 
@@ -156,7 +154,7 @@ def test_concurrent_coalesced_reads_each_get_their_own(service, tokens):
 
 def test_another_user_cannot_read_it(service, tokens, stack):
     owner, other = uuid.uuid4(), uuid.uuid4()
-    with httpx2.Client(base_url=service.url, timeout=30) as http:
+    with http_client(service.url) as http:
         assert http.put("/v1/cache/chapter/secret", content=NUL_BOTH, headers=headers(tokens, owner)).status_code == 201
         assert http.get("/v1/cache/chapter/secret", headers=headers(tokens, other)).status_code == 404
         lookup = http.post("/v1/cache/lookup", json={"items": [{"contentType": "chapter", "key": "secret"}]},
@@ -176,7 +174,7 @@ def test_another_user_cannot_read_it(service, tokens, stack):
 def test_analytics_count_the_text_not_the_placeholder(service, tokens, admin):
     user = uuid.uuid4()
     big = json.dumps({"content": os.urandom(3000).hex() + "\u0000"}).encode()  # 6,000 characters, incompressible
-    with httpx2.Client(base_url=service.url, timeout=30) as http:
+    with http_client(service.url) as http:
         assert http.put("/v1/cache/chapter/big", content=big, headers=headers(tokens, user)).status_code == 201
     (content_bytes,) = admin.execute("SELECT content_bytes FROM user_cache_analytics WHERE user_id = %s", (user,)).fetchone()
     assert content_bytes >= 3000  # the placeholder 'null' would count 5

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.conftest import acting_as, connect, insert_entry
+from tests.harness import acting_as, connect, insert_entry
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx2
 import psycopg
@@ -29,9 +29,8 @@ from psycopg import errors
 
 from cachesvc.localstack import SUPERUSER, LocalStack
 from cachesvc.db.lsn import parse_lsn
-from tests.conftest import (LiveService, acting_as, insert_entry, metric, metric_samples, metric_sum, throwaway_stack,
-                            token_maker)
-from tests.feature_tables import create_table, maintainer, service_headers
+from tests.harness import (LiveService, acting_as, create_table, insert_entry, maintainer, metric, metric_samples, metric_sum,
+                           running_service, service_headers, throwaway_stack, token_maker, wait_until)
 
 MARKER_TABLE = "scale_marker"
 TOLERANT = {"replica_max_lag_s": 30, "read_your_writes_s": 30, "replica_check_interval_s": 0.2}
@@ -62,27 +61,15 @@ def tokens(pair):
 @pytest.fixture(scope="module")
 def services(pair, tmp_path_factory) -> Iterator[dict[str, LiveService]]:
     logs = tmp_path_factory.mktemp("scale-services")
-    started: dict[str, LiveService] = {}
-    try:
-        for name, settings in (("tolerant_a", TOLERANT), ("tolerant_b", TOLERANT), ("strict", STRICT)):
-            started[name] = LiveService(pair, logs / f"{name}.log", **(COMMON | settings))
+    with contextlib.ExitStack() as running:
+        started = {name: running.enter_context(running_service(pair, logs / f"{name}.log", **(COMMON | settings)))
+                   for name, settings in (("tolerant_a", TOLERANT), ("tolerant_b", TOLERANT), ("strict", STRICT))}
         for service in started.values():
             wait_replica(service, "ok")
         yield started
-    finally:
-        for service in started.values():
-            service.stop()
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 15, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def readyz(service: LiveService) -> httpx2.Response:
@@ -470,23 +457,20 @@ def test_readiness_and_metrics_report_both_pools_and_the_lag(services):
     assert 0 <= metric(text, "cachesvc_replica_staleness_seconds") < 30
 
 
-def test_without_a_replica_every_read_goes_to_the_primary(pair, tokens, tmp_path):
-    service = LiveService(pair, tmp_path / "plain.log", read_database_url="", rate_limit_per_s=0)
-    try:
-        body = readyz(service).json()
-        assert body["replica"] == {"configured": False} and set(body["pools"]) == {"primary"}
-        user = uuid.uuid4()
-        put(service, tokens, user, "k", "plain")
-        assert get(service, tokens, user, "k").json()["content"] == "plain"
-        text = httpx2.get(service.url + "/metrics", timeout=5).text
-        assert [dict(labels) for labels in metric_samples(text, "cachesvc_pool_size")] == [{"pool": "primary"}]
-        for name in ("cachesvc_replica_lag_seconds", "cachesvc_replica_usable", "cachesvc_read_routes_total"):
-            assert metric_samples(text, name) == {}, name  # declared for dashboards, never a sample without a replica
-    finally:
-        service.stop()
+def test_without_a_replica_every_read_goes_to_the_primary(pair, tokens, start_service):
+    service = start_service(pair, read_database_url="", rate_limit_per_s=0)
+    body = readyz(service).json()
+    assert body["replica"] == {"configured": False} and set(body["pools"]) == {"primary"}
+    user = uuid.uuid4()
+    put(service, tokens, user, "k", "plain")
+    assert get(service, tokens, user, "k").json()["content"] == "plain"
+    text = httpx2.get(service.url + "/metrics", timeout=5).text
+    assert [dict(labels) for labels in metric_samples(text, "cachesvc_pool_size")] == [{"pool": "primary"}]
+    for name in ("cachesvc_replica_lag_seconds", "cachesvc_replica_usable", "cachesvc_read_routes_total"):
+        assert metric_samples(text, name) == {}, name  # declared for dashboards, never a sample without a replica
 
 
-def test_a_replica_that_is_not_a_standby_or_not_there_is_never_used(pair, tokens, tmp_path):
+def test_a_replica_that_is_not_a_standby_or_not_there_is_never_used(pair, tokens, start_service):
     """A read DSN naming the primary itself, or a port nobody listens on: the service starts,
     is ready, reads the primary, and says why."""
     from cachesvc.localstack import free_port
@@ -497,16 +481,14 @@ def test_a_replica_that_is_not_a_standby_or_not_there_is_never_used(pair, tokens
         "down": f"postgresql://cachesvc_app:x@127.0.0.1:{free_port()}/cachesvc",
     }
     for state, url in cases.items():
-        service = LiveService(pair, tmp_path / f"{state}.log", read_database_url=url, rate_limit_per_s=0,
-                              replica_timeout_s=0.5, replica_check_interval_s=0.2, startup_attempts=1)
-        try:
-            replica = wait_replica(service, state, timeout=5)
-            assert replica["usable"] is False
-            put(service, tokens, user, state, state)
-            assert get(service, tokens, user, state).json()["content"] == state
-            assert readyz(service).status_code == 200
-            assert routed(service, "primary", f"replica_{state}") >= 1  # the GET, and why
-            targets = {dict(labels)["target"] for labels in metric_samples(service, "cachesvc_read_routes_total")}
-            assert targets == {"primary"}
-        finally:
-            service.stop()
+        service = start_service(pair, log=f"{state}.log", read_database_url=url, rate_limit_per_s=0,
+                                replica_timeout_s=0.5, replica_check_interval_s=0.2, startup_attempts=1)
+        replica = wait_replica(service, state, timeout=5)
+        assert replica["usable"] is False
+        put(service, tokens, user, state, state)
+        assert get(service, tokens, user, state).json()["content"] == state
+        assert readyz(service).status_code == 200
+        assert routed(service, "primary", f"replica_{state}") >= 1  # the GET, and why
+        targets = {dict(labels)["target"] for labels in metric_samples(service, "cachesvc_read_routes_total")}
+        assert targets == {"primary"}
+        service.stop()  # one at a time

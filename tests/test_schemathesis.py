@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 from cachesvc.api import openapi
 from cachesvc.api.identity import UUID_RE
 from cachesvc.settings import Settings
-from tests.feature_tables import create_table, drop_tables, maintainer
+from tests.harness import create_table, drop_tables, maintainer, running_service
 
 EXAMPLES = 25  # per operation and phase: the whole module stays well under a minute
 
@@ -47,12 +47,9 @@ def feature_table(stack):
 @pytest.fixture(scope="module")
 def live(stack, feature_table, tmp_path_factory):
     """A service of its own: no rate limit (hundreds of requests a second are the point here)."""
-    from tests.conftest import LiveService
-
-    service = LiveService(stack, tmp_path_factory.mktemp("schemathesis") / "service.log",
-                          rate_limit_per_s="0", features_tables=feature_table)
-    yield service
-    service.stop()
+    with running_service(stack, tmp_path_factory.mktemp("schemathesis") / "service.log",
+                         rate_limit_per_s="0", features_tables=feature_table) as service:
+        yield service
 
 
 def test_the_live_document_is_the_one_explored(live):

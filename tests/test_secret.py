@@ -21,7 +21,7 @@ from cachesvc.api import create_app
 from cachesvc.localstack import JWT_SECRET_FILE, LocalStack, free_port, port_in_use
 from cachesvc.migrations import PROJECT_ROOT
 from cachesvc.settings import Settings, SettingsError
-from tests.conftest import insert_entry
+from tests.harness import http_client, insert_entry, wait_until
 
 # The development secret earlier versions had built in and printed in their README: anyone has
 # it, so a token signed with it is the forgery to try. It appears nowhere else in the project.
@@ -105,7 +105,7 @@ def test_token_signed_with_the_old_built_in_secret_is_refused(service, tokens, a
     old = jwt.encode(claims, OLD_BUILT_IN_SECRET, algorithm="HS256")
     old_service = jwt.encode(claims | {"sub": "svc", "role": auth.SERVICE_ROLE}, OLD_BUILT_IN_SECRET, algorithm="HS256")
     expired = tokens(user, ttl_seconds=-30)
-    with httpx2.Client(base_url=service.url, timeout=30) as http:
+    with http_client(service) as http:
         for token in (old, expired):
             bearer = {"Authorization": f"Bearer {token}"}
             assert http.get("/v1/cache/chapter/mine", headers=bearer).status_code == 401
@@ -130,16 +130,14 @@ def test_serve_reads_the_secret_from_a_file(stack, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "cachesvc", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{env['CACHESVC_PORT']}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def ready() -> bool:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             try:
-                if httpx2.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
+                return httpx2.get(url + "/readyz", timeout=2).status_code == 200
             except httpx2.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.05)
+                return False
+
+        wait_until(ready, 30, error=lambda _: (tmp_path / "serve.log").read_text())
         user = str(uuid.uuid4())
         good = {"Authorization": f"Bearer {auth.mint(secret, sub=user)}"}
         assert httpx2.get(url + "/v1/cache/chapter/none", headers=good, timeout=10).status_code == 404  # a miss, not 401

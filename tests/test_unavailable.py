@@ -10,21 +10,22 @@ import pytest
 
 from cachesvc import pgbouncer
 from cachesvc.localstack import LocalPgBouncer, free_port
-from tests.conftest import LiveService
+from tests.harness import as_user, http_client, wait_until
 
 
 @pytest.mark.timing
-def test_pgbouncer_down_gives_503_then_recovers(stack, tokens, tmp_path):
+def test_pgbouncer_down_gives_503_then_recovers(stack, tokens, start_service):
     port = free_port()
     url = f"postgresql://cachesvc_app:{stack.passwords['cachesvc_app']}@127.0.0.1:{port}/cachesvc"
     directory = stack.home / f"bouncer-{port}"
     pgbouncer.write(pgbouncer.config_from_settings(stack.settings(database_url=url), directory))
     bouncer = LocalPgBouncer(directory, port)
     bouncer.start()
-    service = LiveService(stack, tmp_path / "service.log", database_url=url, pool_size=2, pool_timeout_s=1)
-    h = {"Authorization": f"Bearer {tokens(uuid.uuid4())}"}
+    h = as_user(tokens, uuid.uuid4())
+    service = None
     try:
-        with httpx2.Client(base_url=service.url, timeout=30) as http:
+        service = start_service(database_url=url, pool_size=2, pool_timeout_s=1)
+        with http_client(service) as http:
             assert http.put("/v1/cache/chapter/k", json={"content": 1}, headers=h).status_code == 201
             bouncer.stop()
             for _ in range(3):
@@ -37,12 +38,17 @@ def test_pgbouncer_down_gives_503_then_recovers(stack, tokens, tmp_path):
                 assert elapsed < 5, f"took {elapsed:.1f}s to fail"
             assert http.get("/readyz").status_code == 503
             bouncer.start()
-            deadline = time.monotonic() + 30
-            while (res := http.get("/v1/cache/chapter/k", headers=h)).status_code != 200:
+
+            def recovered(res: httpx2.Response) -> bool:
+                if res.status_code == 200:
+                    return True
                 assert res.status_code == 503
-                assert time.monotonic() < deadline, "service did not recover"
-                time.sleep(0.2)
+                return False
+
+            res = wait_until(lambda: http.get("/v1/cache/chapter/k", headers=h), 30, until=recovered,
+                             error="service did not recover", interval=0.2)
             assert res.json()["content"] == 1
     finally:
-        service.stop()
+        if service:
+            service.stop()  # while its PgBouncer still runs (the fixture would stop it later)
         bouncer.stop()

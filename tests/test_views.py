@@ -8,7 +8,7 @@ import uuid
 import pytest
 from psycopg import errors
 
-from tests.conftest import acting_as, connect, insert_entry
+from tests.harness import acting_as, connect, insert_entry
 
 VIEWS = [
     "cache_performance_metrics",
