@@ -5,40 +5,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
 
 from cachesvc import auth
 from cachesvc.localstack import LocalPostgres, free_port, port_in_use
 from cachesvc.localstack.processes import alive as _alive
 from cachesvc.migrations import PROJECT_ROOT
+from tests.harness import dev_env, start_dev, wait_until
 
 DEV = PROJECT_ROOT / "scripts" / "dev"
-
-
-@pytest.fixture
-def dev_home():
-    home = Path(tempfile.mkdtemp(prefix="cachesvc-dev-"))
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
-
-
-def dev_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")}
-    return env | {
-        "CACHESVC_HOME": str(home),
-        "CACHESVC_PORT": str(free_port()),
-        "CACHESVC_DEV_PG_PORT": str(free_port()),
-        "CACHESVC_DEV_PGBOUNCER_PORT": str(free_port()),
-    }
 
 
 def get(url: str) -> tuple[int, dict]:
@@ -49,25 +29,6 @@ def get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def start_dev(env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as stderr:  # the child keeps its own descriptor
-        proc = subprocess.Popen([str(DEV)], env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=PROJECT_ROOT)
-    base = f"http://127.0.0.1:{env['CACHESVC_PORT']}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"scripts/dev exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if get(base + "/healthz")[0] == 200:
-                return proc
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"scripts/dev did not answer /healthz in time:\n{log.read_text()}")
-        time.sleep(0.2)
-
-
 def server_pids(home: Path) -> list[int]:
     pg = int((home / "postgres" / "pgdata" / "postmaster.pid").read_text().split()[0])
     bouncer = int((home / "pgbouncer" / "pgbouncer.pid").read_text().strip())
@@ -75,11 +36,10 @@ def server_pids(home: Path) -> list[int]:
 
 
 def wait_gone(pids: list[int], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
+    try:
+        wait_until(lambda: not any(_alive(p) for p in pids), timeout, "the servers to exit", interval=0.1)
+    except AssertionError:
+        return False
     return True
 
 

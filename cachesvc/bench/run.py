@@ -86,10 +86,5 @@ def target_cell(summary: dict) -> str:
     return f"≥ {summary['target_rps']:,.0f} req/s: {'met' if summary['target_met'] else 'missed'}"
 
 
-def target_cell(summary: dict) -> str:
-    """An open loop's target and whether it was met, for the table."""
-    return f"≥ {summary['target_rps']:,.0f} req/s: {'met' if summary['target_met'] else 'missed'}"
-
-
 if __name__ == "__main__":
     raise SystemExit(main())
