@@ -327,8 +327,8 @@ def shapes(stack: LocalStack, rows: int, iterations: int) -> dict:
     return out
 
 
-def sql_explain(stmt: sql.Composed) -> sql.Composed:
-    return sql.SQL("EXPLAIN ") + stmt
+def sql_explain(stmt: sql.Composed | str) -> sql.Composed:
+    return sql.SQL("EXPLAIN ") + (sql.SQL(stmt) if isinstance(stmt, str) else stmt)
 
 
 # -- main -----------------------------------------------------------------------------------------

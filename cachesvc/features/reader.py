@@ -128,14 +128,16 @@ class FeatureReader:
         self.strategy = strategy
         self.transactions = transactions or Transactions()
         self.retry = retry  # not on a replica: a read that fails there is the primary's to answer
-        self._statements: dict[tuple[str, ...], sql.Composed] = {}
-        self._per_table = {t.name: _per_table(t) for t in catalog.tables.values()}
+        self._statements: dict[tuple[str, ...], str] = {}
+        self._per_table = {t.name: _per_table(t).as_string() for t in catalog.tables.values()}
 
-    def statement_for(self, tables: Sequence[FeatureTable]) -> sql.Composed:
+    def statement_for(self, tables: Sequence[FeatureTable]) -> str:
+        """The single statement for ``tables``, rendered to text once: binding parameters into
+        text is ~10 us, rendering the composed SQL of 30 tables again ~180 us a lookup."""
         names = tuple(t.name for t in tables)
         stmt = self._statements.get(names)
         if stmt is None:
-            stmt = _statement(tables)
+            stmt = _statement(tables).as_string()
             if len(self._statements) >= 256:  # tables subsets asked for; bounded
                 self._statements.clear()
             self._statements[names] = stmt
