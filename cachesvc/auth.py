@@ -31,6 +31,16 @@ class Principal:
         return self.role == SERVICE_ROLE
 
 
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """On whose behalf a request acts (a principal's own user, or the one a service names),
+    and who sent it (for the audit log)."""
+
+    user_id: uuid.UUID
+    label: str  # 'user' or 'service_role:<sub>'
+    request_id: str
+
+
 class VerifiedTokens:
     """Tokens already verified, until they expire (or at most ``ttl`` seconds).
 

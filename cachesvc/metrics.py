@@ -129,6 +129,10 @@ class Metrics:
         self.db_errors = Counter(
             "cachesvc_db_errors_total", "database errors by kind", ["kind"], registry=self.registry
         )
+        self.internal_errors = Counter(
+            "cachesvc_internal_errors_total", "requests answered 500 internal_error (a bug: see the logs)",
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "cachesvc_rate_limited_total", "requests refused with 429", registry=self.registry
         )

@@ -164,7 +164,13 @@ def test_hung_server_answers_503_within_the_request_budget(own_stack, start_serv
 def test_a_write_that_reaches_the_server_after_its_503_does_nothing(own_stack, start_service):
     """A write held in a frozen PgBouncer past the budget is answered 503; when PgBouncer
     thaws, its transaction reaches the server late and must commit nothing (the client was
-    told it failed, and may have written something newer since)."""
+    told it failed, and may have written something newer since).
+
+    Two things end such a transaction at the server, and which comes first is a race: the
+    deadline check (``cachesvc_before_deadline``) or the cancel request psycopg sends for the
+    abandoned query, held in the same frozen PgBouncer. Either is logged; the test waits for
+    one per late write, then checks nothing changed. The deadline check alone, without the
+    race, is the next test."""
     settings = {"request_timeout_s": BUDGET_S, "pool_size": 4, "pool_timeout_s": 30, "statement_timeout_ms": 30000}
     user = uuid.uuid4()
     h = as_user(own_stack, user)
@@ -173,7 +179,7 @@ def test_a_write_that_reaches_the_server_after_its_503_does_nothing(own_stack, s
     with http_client(service, timeout=BUDGET_S + 5) as http:
         put(http, h, "kept", "v1")
         put(http, h, "not-deleted", "here")
-        refused_before = log.read_text().count("this transaction arrived")
+        refused_before = ended_at_server(log.read_text())
         with frozen([own_stack.bouncer.proc.pid]), ThreadPoolExecutor(2) as pool:
             late = [
                 pool.submit(http.put, "/v1/cache/chapter/kept", json={"content": "late"}, headers=h),
@@ -182,10 +188,40 @@ def test_a_write_that_reaches_the_server_after_its_503_does_nothing(own_stack, s
             for future in late:
                 assert_unavailable(future.result())
         # Thawed: both late transactions reach the server, which refuses them (its log says why).
-        wait_until(lambda: log.read_text().count("this transaction arrived") >= refused_before + 2, 15,
-                   "the server refusing both late writes", interval=0.02)
+        wait_until(lambda: ended_at_server(log.read_text()) >= refused_before + 2, 15,
+                   "the server ending both late writes", interval=0.02)
         assert http.get("/v1/cache/chapter/kept", headers=h).json()["content"] == "v1"
         assert http.get("/v1/cache/chapter/not-deleted", headers=h).status_code == 200
+
+
+def ended_at_server(log: str) -> int:
+    """Transactions the server ended late: refused by the deadline check, or cancelled."""
+    return log.count("this transaction arrived") + log.count("canceling statement due to user request")
+
+
+def test_a_transaction_past_its_deadline_commits_nothing(own_stack):
+    """The deadline check itself, as the service sends it (the first statement of a write)."""
+    user = uuid.uuid4()
+    login = psycopg.connect(own_stack.url("cachesvc_app"), autocommit=True)
+    with login, psycopg.connect(own_stack.url(SUPERUSER), autocommit=True) as admin:
+        def write(deadline_offset_s: float) -> None:
+            with login.transaction():
+                login.execute("SELECT set_config('cachesvc.user_id', %s, true)", (str(user),))
+                login.execute("SELECT cachesvc_before_deadline(clock_timestamp() + make_interval(secs => %s))",
+                              (deadline_offset_s,))
+                login.execute(
+                    "INSERT INTO infinite_pages_cache_partitioned (user_id, content_type, cache_key, content, expires_at)"
+                    " VALUES (%s, 'chapter', %s, '\"x\"', now() + interval '1 hour')",
+                    (user, f"deadline{deadline_offset_s}"),
+                )
+
+        with pytest.raises(psycopg.errors.QueryCanceled, match="this transaction arrived"):
+            write(-0.5)  # the request gave up half a second ago
+        write(30)  # a request still waiting
+        keys = admin.execute(
+            "SELECT cache_key FROM infinite_pages_cache_partitioned WHERE user_id = %s", (user,)
+        ).fetchall()
+    assert keys == [("deadline30",)]
 
 
 # -- 2. a connection lost mid-request: GET and PUT retried once, DELETE and erase never -------

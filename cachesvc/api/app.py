@@ -1,8 +1,7 @@
-"""The Starlette application: routes, lifecycle (pools, replica monitor, counters flusher), health."""
+"""The Starlette application: routes, the request wrapper, health; its lifecycle is context.py."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import hashlib
@@ -16,19 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cachesvc import auth, migrations
-from cachesvc.api import cache, errors, openapi
+from cachesvc.api import cache, errors
 from cachesvc.api import features as feature_routes
-from cachesvc.cache.counters import Counters
-from cachesvc.cache.store import CacheStore
-from cachesvc.metrics import Metrics
-from cachesvc.ratelimit import RateLimiter
-from cachesvc.features.catalog import CatalogError
-from cachesvc.logs import AccessLog
-from cachesvc.features.service import FeatureService
-from cachesvc.db.pools import create_check_pools, create_pool, create_read_pool, open_pool
-from cachesvc.db.replica import ReplicaMonitor
-from cachesvc.db.routing import ReadRouter
+from cachesvc.api.context import AppContext, context, open_context
 from cachesvc.db.transaction import Budget, start_budget
 from cachesvc.settings import Settings
 
@@ -41,23 +30,17 @@ def endpoint(handler, route: str):
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         started = time.perf_counter()
-        start_budget(request.app.state.settings.request_timeout_s)  # all of its database work
+        ctx = context(request)
+        start_budget(ctx.settings.request_timeout_s)  # all of its database work
         rid = errors.assign_request_id(request)
-        metrics: Metrics = request.app.state.metrics
         try:
             response = await handler(request)
-        except errors.ApiError as exc:
-            response = await errors.on_api_error(request, exc)
-        except errors.UNAVAILABLE as exc:
-            metrics.db_errors.labels(type(exc).__name__).inc()
-            response = await errors.on_database_unavailable(request, exc)
         except Exception as exc:
-            metrics.db_errors.labels("unexpected").inc()
-            response = await errors.on_unexpected(request, exc)
+            response = await errors.response_for(request, exc, ctx.metrics)
         response.headers["x-request-id"] = rid
         elapsed = time.perf_counter() - started
-        metrics.requests.labels(route, request.method, str(response.status_code)).observe(elapsed)
-        access = request.app.state.access_log
+        ctx.metrics.requests.labels(route, request.method, str(response.status_code)).observe(elapsed)
+        access = ctx.access_log
         if access is not None:
             user = getattr(request.state, "user_id", None)
             access.write({
@@ -80,38 +63,38 @@ READY_BUDGET_S = 2.0  # a load balancer's probe must not wait as long as a reque
 
 
 async def readyz(request: Request) -> Response:
-    state = request.app.state
+    ctx = context(request)
     checks = {"pool": False, "schema": False}
     found = None  # the revision the database is at, when it could be read
     try:
-        (rows,) = await state.store.transactions.run(
-            state.pool, [(SCHEMA_REVISION, None)], read_only=True, retry=False, budget=Budget(READY_BUDGET_S)
+        (rows,) = await ctx.store.transactions.run(
+            ctx.pool, [(SCHEMA_REVISION, None)], read_only=True, retry=False, budget=Budget(READY_BUDGET_S)
         )
         checks["pool"] = True
         found = rows[0][0] if rows else None
-        checks["schema"] = found == state.expected_revision
+        checks["schema"] = found == ctx.expected_revision
     except Exception as exc:  # readiness reports, it never raises
         log.warning("readiness check failed: %s", exc)
-    features = state.features.readiness.status()  # warm-up and its probe (cachesvc.features.readiness)
+    features = ctx.features.readiness.status()  # warm-up and its probe (cachesvc.features.readiness)
     ready = all(checks.values()) and features["ready"]
-    state.metrics.ready.set(1 if ready else 0)
+    ctx.metrics.ready.set(1 if ready else 0)
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks, "expectedRevision": state.expected_revision,
-         "revision": found, "features": features, "replica": replica_status(state), "pools": pool_status(state)},
+        {"status": "ready" if ready else "not_ready", "checks": checks, "expectedRevision": ctx.expected_revision,
+         "revision": found, "features": features, "replica": replica_status(ctx), "pools": pool_status(ctx)},
         status_code=200 if ready else 503,
         headers=None if ready else {"Retry-After": "2"},
     )
 
 
-def replica_status(state) -> dict:
+def replica_status(ctx: AppContext) -> dict:
     """Reported, never a reason to be unready: reads fall back to the primary."""
-    if state.replica is None:
+    if ctx.replica is None:
         return {"configured": False}
-    return state.replica.status() | {"featuresWarm": state.features.replica_warm()}
+    return ctx.replica.status() | {"featuresWarm": ctx.features.replica_warm()}
 
 
-def pool_status(state) -> dict:
-    pools = {"primary": state.pool, "replica": state.read_pool}
+def pool_status(ctx: AppContext) -> dict:
+    pools = {"primary": ctx.pool, "replica": ctx.read_pool}
     return {
         name: {"size": stats.get("pool_size", 0), "available": stats.get("pool_available", 0),
                "waiting": stats.get("requests_waiting", 0), "max": pool.max_size}
@@ -121,11 +104,11 @@ def pool_status(state) -> dict:
 
 
 async def openapi_document(request: Request) -> Response:
-    return Response(request.app.state.openapi, media_type="application/json")
+    return Response(context(request).openapi, media_type="application/json")
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def route(path: str, *, template: str | None = None, **handlers) -> Route:
@@ -155,84 +138,15 @@ ROUTES = [
 ]
 
 
-async def start_replica(state) -> asyncio.Task | None:
-    """Open the replica's pool without waiting for it (the service starts while it is down),
-    check it once so that reads may go there from the first request, then keep checking."""
-    if state.replica is None:
-        return None
-    for pool in (state.read_pool, *state.check_pools):
-        await pool.open(wait=False)
-    await state.replica.check()
-    return asyncio.create_task(state.replica.run(), name="replica-monitor")
-
-
-async def stop_replica(state, monitor: asyncio.Task | None) -> None:
-    if monitor is None:
-        return
-    monitor.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await monitor
-    for pool in (state.read_pool, *state.check_pools):
-        await pool.close()
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.require_jwt_secret()  # refuse to start rather than accept no (or any) token
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        state = app.state
-        state.settings = settings
-        state.expected_revision = migrations.head_revision()
-        state.access_log = AccessLog(settings.log_format) if settings.access_log else None
-        state.metrics = Metrics()
-        state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-        state.tokens = auth.VerifiedTokens(settings.jwt_secret, settings.jwt_audience)
-        state.pool = create_pool(settings)
-        state.read_pool = create_read_pool(settings)
-        state.check_pools = create_check_pools(settings)
-        state.replica = ReplicaMonitor(*state.check_pools, state.read_pool, settings) if state.check_pools else None
-        state.router = ReadRouter(state.replica, settings)
-        state.counters = Counters()
-        state.store = CacheStore(
-            state.pool, settings, state.counters, on_retry=lambda: state.metrics.retries.labels("cache").inc(),
-            read_pool=state.read_pool, router=state.router,
-        )
-        state.metrics.watch(state.pool, state.read_pool, state.counters, state.store.batchers.values(), state.router)
-        await open_pool(state.pool, settings)
-        monitor = await start_replica(state)
-        try:
-            state.features = state.metrics.features = await FeatureService.open(
-                state.pool, settings, state.router, state.read_pool,
-                on_retry=lambda: state.metrics.retries.labels("features").inc(),
-            )
-        except CatalogError as exc:
-            log.error("refusing to start: %s", exc)
-            await stop_replica(state, monitor)
-            await state.pool.close()
-            raise
-        state.openapi = openapi.document_bytes(settings, list(state.features.catalog.tables))
-        flusher = asyncio.create_task(state.counters.run(state.pool, settings.flush_interval_s, state.metrics))
-        log.info("ready to serve", extra={"fields": {"pool": settings.pool_size, "replica": state.replica is not None}})
-        try:
-            yield
-        finally:
-            # The server has stopped accepting and let in-flight requests finish; what is
-            # left: feature state, the last counters (to the primary), then the pools.
-            await state.features.close()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            try:
-                flushed = await state.counters.flush(state.pool)
-                log.info("final counter flush", extra={"fields": {"keys": flushed}})
-            except Exception as exc:
-                log.error("final counter flush failed; %d counters lost: %s", state.counters.pending, exc)
-            await stop_replica(state, monitor)
-            await state.pool.close()
-            if state.access_log is not None:
-                state.access_log.flush()
+        async with open_context(settings) as ctx:
+            log.info("ready to serve", extra={"fields": {"pool": settings.pool_size, "replica": ctx.replica is not None}})
+            yield {"ctx": ctx}  # handlers read it as request.state.ctx (context.context)
 
     async def not_found(request: Request, exc) -> Response:
         rid = errors.assign_request_id(request)

@@ -1,6 +1,9 @@
-"""Typed errors: ``{"error": {"code", "message", "requestId"}}`` with the right status.
+"""The error envelope: ``{"error": {"code", "message", "requestId", "field"?}}`` with the right status.
 
 Nothing else ever leaves the service on failure: no stack trace, no driver message.
+``response_for`` turns any exception a handler raises into its envelope and counts it: a
+database that cannot answer is a 503 counted in ``cachesvc_db_errors_total{kind}``, anything
+unexpected a 500 counted in ``cachesvc_internal_errors_total``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,21 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cachesvc.cache.models import ErrorBody, ErrorDetail
+from cachesvc.metrics import Metrics
+from cachesvc.structs import Struct
 
 log = logging.getLogger("cachesvc.api")
+
+
+class ErrorDetail(Struct, omit_defaults=True):
+    code: str
+    message: str
+    request_id: str
+    field: str | None = None
+
+
+class ErrorBody(Struct):
+    error: ErrorDetail
 
 
 class ApiError(Exception):
@@ -87,8 +102,12 @@ UNAVAILABLE = (
 )
 
 
-def handlers() -> dict:
-    table: dict = {ApiError: on_api_error, HTTPException: on_http_exception, Exception: on_unexpected}
-    for exc_type in UNAVAILABLE:
-        table[exc_type] = on_database_unavailable
-    return table
+async def response_for(request: Request, exc: Exception, metrics: Metrics) -> Response:
+    """The envelope of what a handler raised, counted by kind."""
+    if isinstance(exc, ApiError):
+        return await on_api_error(request, exc)
+    if isinstance(exc, UNAVAILABLE):
+        metrics.db_errors.labels(type(exc).__name__).inc()
+        return await on_database_unavailable(request, exc)
+    metrics.internal_errors.inc()
+    return await on_unexpected(request, exc)

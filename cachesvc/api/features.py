@@ -10,26 +10,22 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cachesvc.api.cache import check_key, decode, json_response, read_body
+from cachesvc.api.context import AppContext, context
 from cachesvc.api.errors import ApiError, validation_error
 from cachesvc.api.identity import authenticate
+from cachesvc.api.wire import check_key, decode, json_response, read_body
 from cachesvc.features import models, stats as feature_stats
 from cachesvc.features.catalog import FeatureTable
 from cachesvc.features.service import FeatureService
-from cachesvc.settings import Settings
 
 
-def _context(request: Request) -> tuple[FeatureService, Settings]:
-    state = request.app.state
-    return state.features, state.settings
-
-
-def _authorize(request: Request, settings: Settings) -> None:
-    principal = authenticate(request, settings)
+def _authorized(request: Request) -> AppContext:
+    ctx = context(request)
+    principal = authenticate(request, ctx.tokens)
     if principal.is_service:
-        return
-    if settings.features_open_to_users and principal.role == "authenticated":
-        return
+        return ctx
+    if ctx.settings.features_open_to_users and principal.role == "authenticated":
+        return ctx
     raise ApiError(403, "forbidden", "features may be read with a service_role token only")
 
 
@@ -54,8 +50,8 @@ def _tables_param(request: Request) -> list[str] | None:
 
 
 async def get_features(request: Request) -> Response:
-    features, settings = _context(request)
-    _authorize(request, settings)
+    ctx = _authorized(request)
+    features = ctx.features
     key = request.path_params["entityKey"]
     check_key(key, "entityKey")
     tables = _tables(features, _tables_param(request))
@@ -65,9 +61,9 @@ async def get_features(request: Request) -> Response:
 
 
 async def lookup(request: Request) -> Response:
-    features, settings = _context(request)
-    _authorize(request, settings)
-    body = decode(await read_body(request, settings.max_body_bytes), models.FeatureLookupRequest)
+    ctx = _authorized(request)
+    features = ctx.features
+    body = decode(await read_body(request, ctx.settings.max_body_bytes), models.FeatureLookupRequest)
     for index, key in enumerate(body.entity_keys):
         check_key(key, f"entityKeys[{index}]")
     tables = _tables(features, body.tables)
@@ -78,6 +74,6 @@ async def lookup(request: Request) -> Response:
 
 
 async def table_stats(request: Request) -> Response:
-    features, settings = _context(request)
-    _authorize(request, settings)
+    ctx = _authorized(request)
+    features = ctx.features
     return json_response(await feature_stats.collect(features.reader, features.catalog.schema))

@@ -9,29 +9,28 @@ from starlette.requests import Request
 
 from cachesvc import auth
 from cachesvc.api.errors import ApiError, request_id, validation_error
-from cachesvc.cache.store import Actor
-from cachesvc.settings import Settings
+from cachesvc.auth import Actor, VerifiedTokens
 
 USER_HEADER = "x-cache-user"
 UUID_RE = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 
 
-def authenticate(request: Request, settings: Settings) -> auth.Principal:
+def authenticate(request: Request, tokens: VerifiedTokens) -> auth.Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:
-        return request.app.state.tokens.verify(token.strip())
+        return tokens.verify(token.strip())
     except auth.AuthError as exc:
         raise ApiError(
             401, "unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         ) from None
 
 
-def acting_user(request: Request, settings: Settings) -> Actor:
+def acting_user(request: Request, tokens: VerifiedTokens) -> Actor:
     """A user token acts only as its ``sub``; a service token must name the user."""
-    principal = authenticate(request, settings)
+    principal = authenticate(request, tokens)
     named = request.headers.get(USER_HEADER)  # present but empty is a 400, never "absent"
     if principal.is_service:
         if named is None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import msgspec
 
 from cachesvc import __version__, keys
+from cachesvc.api.errors import ErrorBody
 from cachesvc.cache import models
 from cachesvc.features import models as feature_models
 from cachesvc.db.lsn import LSN_RE
@@ -114,7 +115,7 @@ def feature_paths(tables: Sequence[str]) -> dict:
 def document(settings: Settings, tables: Sequence[str] = ()) -> dict:
     _, components = msgspec.json.schema_components(
         [models.CacheEntry, models.PutEntry, models.LookupRequest, models.LookupResponse,
-         models.EraseResponse, models.StatsResponse, models.ErrorBody,
+         models.EraseResponse, models.StatsResponse, ErrorBody,
          feature_models.FeatureVector, feature_models.FeatureLookupRequest,
          feature_models.FeatureLookupResponse, feature_models.FeatureStatsResponse],
         ref_template=REF,

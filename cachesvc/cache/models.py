@@ -13,29 +13,22 @@ from typing import Annotated
 
 import msgspec
 
-from cachesvc import keys
+from cachesvc.keys import Key
+from cachesvc.structs import Struct
 
 # Patterns are checked again with fullmatch: msgspec (re.search) lets "$" match before a final newline.
 CONTENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-MAX_KEY_LENGTH = keys.MAX_LENGTH
 MAX_BATCH_ITEMS = 100
 # cost_usd is numeric(14,6), below 1e8: a bound well inside it, that no rounding can carry over.
 MAX_COST_USD = 1_000_000
 
 ContentType = Annotated[str, msgspec.Meta(pattern=CONTENT_TYPE_RE.pattern, description="e.g. story_foundation, chapter")]
-Key = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH, pattern=keys.PATTERN, description=keys.DESCRIPTION)
-]
 # Whole numbers, 600 or 600.0 alike: JSON Schema's "integer" admits both, msgspec's int only the first.
 WholeTTL = Annotated[float, msgspec.Meta(ge=1, multiple_of=1)]
 WholeTokens = Annotated[float, msgspec.Meta(ge=0, le=2**31 - 1, multiple_of=1)]
 Model = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00]*$", description="the generating model; no NUL")]
 AnyJson = Annotated[msgspec.Raw, msgspec.Meta(description="any JSON value")]
 JsonObject = Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={"type": "object", "additionalProperties": True})]
-
-
-class Struct(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
-    pass
 
 
 class CacheEntry(Struct, omit_defaults=False):
@@ -109,23 +102,9 @@ class StatsResponse(Struct):
     by_content_type: list[ContentTypeStats]
 
 
-class ErrorDetail(Struct, omit_defaults=True):
-    code: str
-    message: str
-    request_id: str
-    field: str | None = None
-
-
-class ErrorBody(Struct):
-    error: ErrorDetail
-
-
 def is_json_object(raw: msgspec.Raw) -> bool:
     return bytes(raw).lstrip()[:1] == b"{"
 
 
 def is_content_type(value: str) -> bool:
     return CONTENT_TYPE_RE.fullmatch(value) is not None
-
-
-is_valid_key = keys.is_valid

@@ -20,12 +20,12 @@ import datetime as dt
 import functools
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import msgspec
 from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
 
+from cachesvc.auth import Actor
 from cachesvc.cache import rawjson
 from cachesvc.cache.batcher import ReadBatcher, Triple
 from cachesvc.cache.counters import Counters
@@ -151,15 +151,6 @@ SELECT content_type, sum(hits)::bigint, sum(misses)::bigint, sum(tokens_saved)::
  GROUP BY content_type
  ORDER BY content_type
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """On whose behalf a request acts, and who sent it (for the audit log)."""
-
-    user_id: uuid.UUID
-    label: str  # 'user' or 'service_role:<sub>'
-    request_id: str
 
 
 def _entry(row: Sequence) -> tuple[tuple[int, dt.datetime], CacheEntry]:

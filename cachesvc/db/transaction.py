@@ -193,6 +193,7 @@ async def within_budget(awaitable, budget: Budget | None = None):
     if left <= 0:
         raise budget.expired()
     try:
-        return await asyncio.wait_for(awaitable, left)
+        async with asyncio.timeout(left):  # not wait_for: on 3.11 it can swallow a cancellation
+            return await awaitable
     except TimeoutError:
         raise budget.expired() from None

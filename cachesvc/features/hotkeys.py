@@ -15,10 +15,11 @@ from collections.abc import Iterable
 
 from psycopg_pool import AsyncConnectionPool
 
+from cachesvc.keys import MAX_LENGTH as MAX_KEY_LENGTH
+
 log = logging.getLogger("cachesvc.features")
 
 MAX_PENDING = 10_000  # also the most keys record_feature_hot_keys() accepts in one call
-MAX_KEY_LENGTH = 512
 
 RECORD = "SELECT record_feature_hot_keys(%s::text[], %s::bigint[])"
 TOP = """

@@ -10,14 +10,10 @@ from typing import Annotated
 
 import msgspec
 
-from cachesvc import keys
 from cachesvc.features.reader import MAX_KEYS
+from cachesvc.keys import Key
+from cachesvc.structs import Struct
 
-MAX_KEY_LENGTH = keys.MAX_LENGTH
-
-EntityKey = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH, pattern=keys.PATTERN, description=keys.DESCRIPTION)
-]
 TABLE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 TableName = Annotated[str, msgspec.Meta(pattern=TABLE_NAME_PATTERN, description="a feature table")]
 FeatureRow = Annotated[
@@ -29,10 +25,6 @@ FeatureRow = Annotated[
 ]
 
 
-class Struct(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
 class FeatureVector(Struct, omit_defaults=False):
     """Every requested table's row for one entity key (null where the table has none)."""
 
@@ -41,7 +33,7 @@ class FeatureVector(Struct, omit_defaults=False):
 
 
 class FeatureLookupRequest(Struct):
-    entity_keys: Annotated[list[EntityKey], msgspec.Meta(min_length=1, max_length=MAX_KEYS)]
+    entity_keys: Annotated[list[Key], msgspec.Meta(min_length=1, max_length=MAX_KEYS)]
     tables: Annotated[list[TableName], msgspec.Meta(min_length=1)] | None = None
 
 

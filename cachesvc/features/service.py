@@ -1,4 +1,8 @@
-"""The feature read path's lifecycle inside the service: catalog, reader, hot keys, warm-up.
+"""The feature read path inside the service: catalog, reader, hot keys, warm-up.
+
+``discover`` builds it and starts nothing; its loops (warm-up and readiness, the hot keys
+flush, the replica's warm-up) are run by the service's one owner of background loops, and
+its final hot keys flush is called at shutdown (both in cachesvc.api.context).
 
 With a read replica, lookups go there (cachesvc.db.routing) once the replica's buffers are warm:
 each time the replica's server (re)starts, its tables are warmed up the way the primary's are
@@ -41,7 +45,6 @@ class FeatureService:
         self.hot_keys = hot_keys
         self.readiness = readiness
         self.replica_warmed_for = None  # the replica server start its warm-up was for
-        self._tasks: list[asyncio.Task] = []
 
     async def lookup(self, keys: list[str], tables: list[FeatureTable]) -> list[Features]:
         """Features of ``keys``: on the replica when it is usable and warm, else on the primary."""
@@ -56,7 +59,11 @@ class FeatureService:
             return True
         return monitor.server_started_at is not None and self.replica_warmed_for == monitor.server_started_at
 
-    async def _warm_replica(self, settings: Settings) -> None:
+    def warms_replica(self, settings: Settings) -> bool:
+        """Whether there is a replica whose tables ``warm_replica`` keeps warm."""
+        return self.replica_reader is not None and self.router.monitor is not None and settings.features_warmup
+
+    async def warm_replica(self, settings: Settings) -> None:
         """Warm the replica up whenever its server has (re)started: new buffers are cold."""
         monitor = self.router.monitor
         while True:
@@ -80,16 +87,12 @@ class FeatureService:
             log.info("replica feature tables warm", extra={"fields": report.as_dict()})
 
     @classmethod
-    async def open(
+    async def discover(
         cls, pool: AsyncConnectionPool, settings: Settings,
         router: ReadRouter | None = None, read_pool: AsyncConnectionPool | None = None,
         on_retry: Callable[[], None] = lambda: None,
     ) -> FeatureService:
-        """Discover the tables (CatalogError refuses to start), then warm up in the background.
-
-        Waits up to ``features_warmup_wait_s`` for warm-up, so that a small data set is warm
-        before the first request; a longer warm-up goes on while /readyz answers 503.
-        """
+        """Discover the tables (CatalogError refuses to start) and build the path; starts nothing."""
         async with pool.connection() as conn:
             found = await feature_catalog.discover(
                 conn, settings.features_schema, feature_catalog.parse_allow_list(settings.features_tables)
@@ -107,23 +110,18 @@ class FeatureService:
         reader = reader_on(pool, True)
         replica_reader = reader_on(read_pool, False) if read_pool is not None else None
         reads = Reads(transactions, router or ReadRouter(None, settings), pool, read_pool)
-        service = cls(reader, HotKeys(), Readiness(reader, settings), reads, replica_reader)
-        service._tasks = [
-            asyncio.create_task(service.readiness.run(), name="features-warmup"),
-            asyncio.create_task(service.hot_keys.run(pool, settings.flush_interval_s), name="features-hot-keys"),
-        ]
-        if replica_reader is not None and service.router.monitor is not None and settings.features_warmup:
-            service._tasks.append(asyncio.create_task(service._warm_replica(settings), name="features-replica-warmup"))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(service.readiness.ready.wait(), settings.features_warmup_wait_s)
-        return service
+        return cls(reader, HotKeys(), Readiness(reader, settings), reads, replica_reader)
 
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def wait_warm(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for warm-up (``readiness.run``, started by the caller), so
+        that a small data set is warm before the first request; a longer warm-up goes on while
+        /readyz answers 503."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.readiness.ready.wait()
+
+    async def flush_hot_keys(self) -> None:
+        """The final flush, at shutdown, once the hot keys loop has stopped."""
         try:
             await self.hot_keys.flush(self.reader.pool)
         except Exception as exc:
