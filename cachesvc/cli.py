@@ -56,8 +56,8 @@ def cmd_serve(args, settings: Settings) -> int:
 def cmd_dev(args, settings: Settings) -> int:
     from cachesvc import auth, localstack
 
-    home = settings.home.resolve()
-    stack = localstack.LocalStack.persistent(home, settings.dev_pg_port, settings.dev_pgbouncer_port)
+    home = settings.dev.home.resolve()
+    stack = localstack.LocalStack.persistent(home, settings.dev.pg_port, settings.dev.pgbouncer_port)
 
     def on_term(signum, frame):  # before uvicorn takes over the signals: stop what we started
         raise KeyboardInterrupt
@@ -65,7 +65,7 @@ def cmd_dev(args, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         stack.start(log=lambda msg: error(msg))
-        feature_tables = features_cli.dev_demo(stack.url(localstack.SUPERUSER), settings, error)
+        feature_tables = features_cli.dev_demo(stack.url(localstack.SUPERUSER), settings.features.schema, error)
         secret = settings.jwt_secret or stack.jwt_secret  # a configured one, else this home's random one
         env = stack.env() | {
             "CACHESVC_HOME": str(home),
@@ -165,7 +165,7 @@ def cmd_roles_create_login(args, settings: Settings) -> int:
         if password is None:
             error(f"environment variable {args.password_env} is not set")
             return EXIT_USAGE
-    with psycopg.connect(settings.admin_database_url, autocommit=True) as conn:
+    with psycopg.connect(settings.database.admin_database_url, autocommit=True) as conn:
         created = roles.create_login(conn, args.name, args.group, password)
     print_json({"login": args.name, "group": args.group, "created": created})
     return EXIT_OK
@@ -174,7 +174,7 @@ def cmd_roles_create_login(args, settings: Settings) -> int:
 def cmd_db(args, settings: Settings) -> int:
     from cachesvc import migrations
 
-    url = settings.admin_database_url
+    url = settings.database.admin_database_url
     if args.db_command == "upgrade":
         migrations.upgrade(url, args.revision)
     elif args.db_command == "downgrade":

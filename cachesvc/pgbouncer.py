@@ -57,20 +57,20 @@ def _dsn_parts(url: str) -> tuple[str, int, str, Login | None]:
 
 def config_from_settings(settings: Settings, directory: Path) -> PgBouncerConfig:
     """PgBouncer listens where the service's DSN points and forwards to the admin DSN's server."""
-    _, listen_port, database, app_login = _dsn_parts(settings.database_url)
-    server_host, server_port, server_dbname, _ = _dsn_parts(settings.admin_database_url)
+    _, listen_port, database, app_login = _dsn_parts(settings.database.database_url)
+    server_host, server_port, server_dbname, _ = _dsn_parts(settings.database.admin_database_url)
     logins = [app_login] if app_login else []
     stats_users: list[str] = []
-    if settings.monitor_database_url:
-        _, _, _, monitor = _dsn_parts(settings.monitor_database_url)
+    if settings.database.monitor_database_url:
+        _, _, _, monitor = _dsn_parts(settings.database.monitor_database_url)
         if monitor:
             logins.append(monitor)
             stats_users.append(monitor.user)
     if not logins:
         raise ValueError("CACHESVC_DATABASE_URL names no user: PgBouncer needs the application login")
-    admin_users = tuple(u.strip() for u in settings.pgbouncer_admin_users.split(",") if u.strip())
+    admin_users = tuple(u.strip() for u in settings.pgbouncer.admin_users.split(",") if u.strip())
     return PgBouncerConfig(
-        listen_addr=settings.pgbouncer_listen_addr,
+        listen_addr=settings.pgbouncer.listen_addr,
         listen_port=listen_port,
         database=database,
         server_host=server_host,
@@ -79,8 +79,8 @@ def config_from_settings(settings: Settings, directory: Path) -> PgBouncerConfig
         logins=tuple(logins),
         stats_users=tuple(stats_users),
         admin_users=admin_users,
-        default_pool_size=settings.pgbouncer_pool_size,
-        max_client_conn=settings.pgbouncer_max_client_conn,
+        default_pool_size=settings.pgbouncer.pool_size,
+        max_client_conn=settings.pgbouncer.max_client_conn,
         directory=directory.resolve(),
     )
 

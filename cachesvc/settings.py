@@ -1,5 +1,11 @@
 """The one settings object, read once from ``CACHESVC_*`` environment variables.
 
+``Settings`` holds the service's own settings and one group per part with settings of its
+own (``database``, ``replica``, ``features``, ``pgbouncer``, ``dev``, ``maintenance``); a
+part's constructor takes its group only. Every setting is read from the variable it names
+(``env_name``), so grouping changed no variable. ``docs/settings.md`` is rendered from the
+same fields (cachesvc.settings_doc).
+
 Every secret-bearing variable may instead be given as ``<NAME>_FILE`` (a path whose
 contents, stripped, are the value), the way container orchestrators mount secrets.
 Defaults are for the local development stack that ``scripts/dev`` starts, except the JWT
@@ -10,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,68 +39,219 @@ class SettingsError(ValueError):
     """A CACHESVC_* variable has a value the service cannot use."""
 
 
-def _setting(default, *, secret: bool = False, help: str = ""):
-    return field(default=default, metadata={"secret": secret, "help": help})
+def _setting(default, *, secret: bool = False, help: str = "", env: str | None = None):
+    """A setting: its default, whether it is secret, its help, and (in a group) its variable."""
+    metadata = {"secret": secret, "help": help}
+    if env is not None:
+        metadata["env"] = PREFIX + env
+    return field(default=default, metadata=metadata)
+
+
+def _group(cls: type, title: str):
+    return field(default_factory=cls, metadata={"group": title})
+
+
+def env_name(f: Field) -> str:
+    """The variable a setting is read from: a group's settings name theirs, the others are
+    ``CACHESVC_`` and the field's name."""
+    return f.metadata.get("env") or PREFIX + f.name.upper()
+
+
+def _is_group(f: Field) -> bool:
+    return "group" in f.metadata
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """The primary: its DSNs, the service's pool, and the time every database call may take
+    (cachesvc.db.pools, cachesvc.db.transaction)."""
+
+    database_url: str = _setting(
+        "postgresql://cachesvc_app@127.0.0.1:6432/cachesvc", secret=True, env="DATABASE_URL",
+        help="service DSN, through PgBouncer (transaction mode)",
+    )
+    admin_database_url: str = _setting(
+        "postgresql://cachesvc_admin@127.0.0.1:5432/cachesvc", secret=True, env="ADMIN_DATABASE_URL",
+        help="direct DSN for migrations and maintenance (never through PgBouncer)",
+    )
+    monitor_database_url: str = _setting(
+        "", secret=True, env="MONITOR_DATABASE_URL", help="optional DSN of a cache_monitor login (PgBouncer stats user)"
+    )
+    behind_pgbouncer: bool = _setting(
+        True, env="BEHIND_PGBOUNCER", help="database_url goes through PgBouncer in transaction mode"
+    )
+    pool_size: int = _setting(10, env="POOL_SIZE", help="fixed size of the service's connection pool")
+    read_lanes: int = _setting(
+        2, env="READ_LANES",
+        help="concurrent coalesced read transactions; reads queued meanwhile share one (0: one per request)",
+    )
+    pool_timeout_s: float = _setting(5.0, env="POOL_TIMEOUT_S", help="longest wait for a pooled connection")
+    connect_timeout_s: int = _setting(5, env="CONNECT_TIMEOUT_S", help="TCP connect timeout to the database")
+    request_timeout_s: float = _setting(
+        6.0, env="REQUEST_TIMEOUT_S",
+        help="longest a request waits on the database before 503 (covers PgBouncer's queue too)",
+    )
+    startup_attempts: int = _setting(
+        6, env="STARTUP_ATTEMPTS", help="tries to reach the database at start-up (backoff 0.5 s doubling)"
+    )
+    statement_timeout_ms: int = _setting(5000, env="STATEMENT_TIMEOUT_MS", help="SET LOCAL statement_timeout per request")
+    idle_in_transaction_timeout_ms: int = _setting(
+        10000, env="IDLE_IN_TRANSACTION_TIMEOUT_MS", help="SET LOCAL idle_in_transaction_session_timeout per request"
+    )
+
+    def validate(self) -> None:
+        if self.pool_size < 1:
+            raise SettingsError(f"{PREFIX}POOL_SIZE must be at least 1")
+        for name in ("database_url", "admin_database_url"):
+            _check_dsn(f"{PREFIX}{name.upper()}", getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSettings:
+    """An optional hot standby that cache reads and feature lookups go to, within a lag bound
+    (cachesvc.db.replica, cachesvc.db.routing; docs/scaling.md)."""
+
+    url: str = _setting(
+        "", secret=True, env="READ_DATABASE_URL",
+        help="optional DSN of a hot standby of the primary, through its own PgBouncer: feature lookups and cache reads go there",
+    )
+    pool_size: int = _setting(10, env="READ_POOL_SIZE", help="fixed size of the read replica's connection pool")
+    read_your_writes_s: float = _setting(
+        2.0, env="READ_YOUR_WRITES_S",
+        help="after a user's write through this process, their reads go to the primary for this long (>= CACHESVC_REPLICA_MAX_LAG_S)",
+    )
+    max_lag_s: float = _setting(
+        1.0, env="REPLICA_MAX_LAG_S",
+        help="a replica that may be further behind the primary than this is skipped (reads go to the primary)",
+    )
+    check_interval_s: float = _setting(
+        0.25, env="REPLICA_CHECK_INTERVAL_S",
+        help="how often the replica's replay position is compared with the primary's (<= half CACHESVC_REPLICA_MAX_LAG_S)",
+    )
+    timeout_s: float = _setting(
+        1.0, env="REPLICA_TIMEOUT_S",
+        help="longest a read waits on the replica (connection included) before it is run on the primary",
+    )
+
+    def validate(self) -> None:
+        if self.url:
+            _check_dsn(f"{PREFIX}READ_DATABASE_URL", self.url)
+        if self.pool_size < 1:
+            raise SettingsError(f"{PREFIX}READ_POOL_SIZE must be at least 1")
+        if min(self.check_interval_s, self.timeout_s) <= 0:
+            raise SettingsError(f"{PREFIX}REPLICA_CHECK_INTERVAL_S and {PREFIX}REPLICA_TIMEOUT_S must be positive")
+        # Between two checks a caught-up replica's bound ages by an interval (and a check's time).
+        if self.max_lag_s < 2 * self.check_interval_s:
+            raise SettingsError(f"{PREFIX}REPLICA_MAX_LAG_S must be at least twice {PREFIX}REPLICA_CHECK_INTERVAL_S")
+        # Past the window, a replica within the lag bound holds the write: that is the guarantee.
+        if self.read_your_writes_s < self.max_lag_s:
+            raise SettingsError(f"{PREFIX}READ_YOUR_WRITES_S must be at least {PREFIX}REPLICA_MAX_LAG_S")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSettings:
+    """The feature read path: which tables, how they are read, warm-up and readiness
+    (cachesvc.features; docs/features.md)."""
+
+    schema: str = _setting("features", env="FEATURES_SCHEMA", help="schema whose tables are the feature tables")
+    tables: str = _setting(
+        "", env="FEATURES_TABLES", help="comma-separated allow-list of feature tables (empty: every table of the schema)"
+    )
+    strategy: str = _setting(
+        "statement", env="FEATURES_STRATEGY",
+        help="statement (one statement, a scalar subquery per table) or pipeline (one statement per table); either way one round trip",
+    )
+    open_to_users: bool = _setting(
+        False, env="FEATURES_OPEN_TO_USERS", help="let user tokens read features (by default only service_role tokens may)"
+    )
+    warmup: bool = _setting(True, env="FEATURES_WARMUP", help="warm the feature tables up before /readyz turns ready")
+    warmup_wait_s: float = _setting(
+        10.0, env="FEATURES_WARMUP_WAIT_S",
+        help="how long start-up waits for warm-up before it starts answering (/readyz is 503 until warm)",
+    )
+    warmup_hot_keys: int = _setting(
+        1000, env="FEATURES_WARMUP_HOT_KEYS", help="how many recorded hot keys warm-up looks up"
+    )
+    warmup_lookups: int = _setting(
+        200, env="FEATURES_WARMUP_LOOKUPS", help="how many synthetic lookups of sampled keys warm-up runs"
+    )
+    prewarm_fraction: float = _setting(
+        0.5, env="FEATURES_PREWARM_FRACTION",
+        help="share of shared_buffers that pg_prewarm may fill with feature indexes and tables",
+    )
+    ready_hit_ratio: float = _setting(
+        0.9, env="FEATURES_READY_HIT_RATIO",
+        help="readiness: least buffer hit ratio of a probe lookup of random keys (0 disables)",
+    )
+    ready_latency_ms: float = _setting(
+        25.0, env="FEATURES_READY_LATENCY_MS", help="readiness: longest time of a probe lookup over every table (0 disables)"
+    )
+
+    def validate(self) -> None:
+        if not self.schema.strip():
+            raise SettingsError(f"{PREFIX}FEATURES_SCHEMA must name a schema")
+        if self.strategy not in ("statement", "pipeline"):
+            raise SettingsError(f"{PREFIX}FEATURES_STRATEGY must be statement or pipeline")
+        if not 0 <= self.ready_hit_ratio <= 1:
+            raise SettingsError(f"{PREFIX}FEATURES_READY_HIT_RATIO must be between 0 and 1")
+        if not 0 <= self.prewarm_fraction <= 1:
+            raise SettingsError(f"{PREFIX}FEATURES_PREWARM_FRACTION must be between 0 and 1")
+        if min(self.warmup_hot_keys, self.warmup_lookups) < 0 or self.ready_latency_ms < 0:
+            raise SettingsError(f"{PREFIX}FEATURES_WARMUP_* and {PREFIX}FEATURES_READY_LATENCY_MS must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class PgBouncerSettings:
+    """What ``cachesvc pgbouncer-config`` renders into pgbouncer.ini (cachesvc.pgbouncer)."""
+
+    listen_addr: str = _setting("127.0.0.1", env="PGBOUNCER_LISTEN_ADDR", help="PgBouncer listen_addr")
+    pool_size: int = _setting(20, env="PGBOUNCER_POOL_SIZE", help="PgBouncer default_pool_size")
+    max_client_conn: int = _setting(500, env="PGBOUNCER_MAX_CLIENT_CONN", help="PgBouncer max_client_conn")
+    admin_users: str = _setting("", env="PGBOUNCER_ADMIN_USERS", help="PgBouncer admin_users (comma separated)")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class DevSettings:
+    """The embedded local stack of ``scripts/dev`` (cachesvc.localstack)."""
+
+    home: Path = _setting(Path(".cachesvc"), env="HOME", help="directory of the embedded local stack")
+    pg_port: int = _setting(55432, env="DEV_PG_PORT", help="scripts/dev: port of the embedded PostgreSQL")
+    pgbouncer_port: int = _setting(56432, env="DEV_PGBOUNCER_PORT", help="scripts/dev: port of the embedded PgBouncer")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceSettings:
+    """Defaults of the maintenance commands (cachesvc.maintenance)."""
+
+    partitions_ahead: int = _setting(3, env="PARTITIONS_AHEAD", help="months of partitions kept ahead of now")
+    audit_retention_months: int = _setting(
+        3, env="AUDIT_RETENTION_MONTHS", help="whole audit months kept in the database before archiving"
+    )
+    archive_dir: Path = _setting(
+        Path("audit-archive"), env="ARCHIVE_DIR", help="where `audit archive` writes months (default --dest)"
+    )
+
+    def validate(self) -> None:
+        if self.partitions_ahead < 0 or self.audit_retention_months < 0:
+            raise SettingsError(f"{PREFIX}PARTITIONS_AHEAD and {PREFIX}AUDIT_RETENTION_MONTHS must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """The service's own settings, and one group per part that has settings of its own: each
+    part's constructor takes its group only."""
+
     env: str = _setting("development", help="development or production (a label: both need a configured JWT secret)")
-    home: Path = _setting(Path(".cachesvc"), help="directory of the embedded local stack")
     host: str = _setting("127.0.0.1", help="address the HTTP service binds")
     port: int = _setting(8080, help="port the HTTP service binds")
     workers: int = _setting(1, help="server processes (each with its own pool of CACHESVC_POOL_SIZE)")
-
-    database_url: str = _setting(
-        "postgresql://cachesvc_app@127.0.0.1:6432/cachesvc",
-        secret=True,
-        help="service DSN, through PgBouncer (transaction mode)",
-    )
-    admin_database_url: str = _setting(
-        "postgresql://cachesvc_admin@127.0.0.1:5432/cachesvc",
-        secret=True,
-        help="direct DSN for migrations and maintenance (never through PgBouncer)",
-    )
-    monitor_database_url: str = _setting(
-        "", secret=True, help="optional DSN of a cache_monitor login (PgBouncer stats user)"
-    )
-    behind_pgbouncer: bool = _setting(
-        True, help="database_url goes through PgBouncer in transaction mode"
-    )
-
-    pool_size: int = _setting(10, help="fixed size of the service's connection pool")
-
-    # -- read replica (cachesvc.db.replica, cachesvc.db.routing; docs/scaling.md) --
-    read_database_url: str = _setting(
-        "", secret=True,
-        help="optional DSN of a hot standby of the primary, through its own PgBouncer: feature lookups and cache reads go there",
-    )
-    read_pool_size: int = _setting(10, help="fixed size of the read replica's connection pool")
-    read_your_writes_s: float = _setting(
-        2.0, help="after a user's write through this process, their reads go to the primary for this long (>= CACHESVC_REPLICA_MAX_LAG_S)"
-    )
-    replica_max_lag_s: float = _setting(
-        1.0, help="a replica that may be further behind the primary than this is skipped (reads go to the primary)"
-    )
-    replica_check_interval_s: float = _setting(
-        0.25, help="how often the replica's replay position is compared with the primary's (<= half CACHESVC_REPLICA_MAX_LAG_S)"
-    )
-    replica_timeout_s: float = _setting(
-        1.0, help="longest a read waits on the replica (connection included) before it is run on the primary"
-    )
-    read_lanes: int = _setting(
-        2, help="concurrent coalesced read transactions; reads queued meanwhile share one (0: one per request)"
-    )
-    pool_timeout_s: float = _setting(5.0, help="longest wait for a pooled connection")
-    connect_timeout_s: int = _setting(5, help="TCP connect timeout to the database")
-    request_timeout_s: float = _setting(
-        6.0, help="longest a request waits on the database before 503 (covers PgBouncer's queue too)"
-    )
-    startup_attempts: int = _setting(6, help="tries to reach the database at start-up (backoff 0.5 s doubling)")
-    statement_timeout_ms: int = _setting(5000, help="SET LOCAL statement_timeout per request")
-    idle_in_transaction_timeout_ms: int = _setting(
-        10000, help="SET LOCAL idle_in_transaction_session_timeout per request"
-    )
+    shutdown_grace_s: int = _setting(10, help="on SIGTERM, how long in-flight requests may finish")
 
     jwt_secret: str = _setting(
         "", secret=True, help="HS256 secret for JWTs, at least 32 bytes; required by serve and token (none is built in)"
@@ -104,62 +261,25 @@ class Settings:
     default_ttl_s: int = _setting(7 * 86400, help="TTL of an entry stored without ttlSeconds")
     max_ttl_s: int = _setting(90 * 86400, help="largest ttlSeconds accepted")
     max_body_bytes: int = _setting(1 << 20, help="largest request body accepted (413 beyond)")
-    flush_interval_s: float = _setting(2.0, help="how often in-memory hit counters are flushed")
+    flush_interval_s: float = _setting(2.0, help="how often in-memory hit counters and feature hot keys are flushed")
     rate_limit_per_s: float = _setting(100.0, help="per-user token bucket refill rate (0 disables rate limiting)")
     rate_limit_burst: int = _setting(200, help="per-user token bucket size")
-    shutdown_grace_s: int = _setting(10, help="on SIGTERM, how long in-flight requests may finish")
 
-    pgbouncer_listen_addr: str = _setting("127.0.0.1", help="PgBouncer listen_addr")
-    pgbouncer_pool_size: int = _setting(20, help="PgBouncer default_pool_size")
-    pgbouncer_max_client_conn: int = _setting(500, help="PgBouncer max_client_conn")
-    pgbouncer_admin_users: str = _setting("", help="PgBouncer admin_users (comma separated)")
-
-    dev_pg_port: int = _setting(55432, help="scripts/dev: port of the embedded PostgreSQL")
-    dev_pgbouncer_port: int = _setting(56432, help="scripts/dev: port of the embedded PgBouncer")
-
-    partitions_ahead: int = _setting(3, help="months of partitions kept ahead of now")
-    audit_retention_months: int = _setting(3, help="whole audit months kept in the database before archiving")
-    archive_dir: Path = _setting(Path("audit-archive"), help="where `audit archive` writes months (default --dest)")
     log_format: str = _setting("auto", help="json, text, or auto (json unless stderr is a terminal)")
     log_level: str = _setting("INFO", help="logging level")
     access_log: bool = _setting(True, help="one log line per request (id, route, status, latency, hashed user)")
 
-    # -- feature read path (cachesvc.features) --
-    features_schema: str = _setting("features", help="schema whose tables are the feature tables")
-    features_tables: str = _setting(
-        "", help="comma-separated allow-list of feature tables (empty: every table of the schema)"
-    )
-    features_strategy: str = _setting(
-        "statement", help="statement (one statement, a scalar subquery per table) or pipeline (one statement per table); either way one round trip"
-    )
-    features_open_to_users: bool = _setting(
-        False, help="let user tokens read features (by default only service_role tokens may)"
-    )
-    features_warmup: bool = _setting(True, help="warm the feature tables up before /readyz turns ready")
-    features_warmup_wait_s: float = _setting(
-        10.0, help="how long start-up waits for warm-up before it starts answering (/readyz is 503 until warm)"
-    )
-    features_warmup_hot_keys: int = _setting(1000, help="how many recorded hot keys warm-up looks up")
-    features_warmup_lookups: int = _setting(200, help="how many synthetic lookups of sampled keys warm-up runs")
-    features_prewarm_fraction: float = _setting(
-        0.5, help="share of shared_buffers that pg_prewarm may fill with feature indexes and tables"
-    )
-    features_ready_hit_ratio: float = _setting(
-        0.9, help="readiness: least buffer hit ratio of a probe lookup of random keys (0 disables)"
-    )
-    features_ready_latency_ms: float = _setting(
-        25.0, help="readiness: longest time of a probe lookup over every table (0 disables)"
-    )
+    database: DatabaseSettings = _group(DatabaseSettings, "database")
+    replica: ReplicaSettings = _group(ReplicaSettings, "read replica")
+    features: FeatureSettings = _group(FeatureSettings, "feature read path")
+    pgbouncer: PgBouncerSettings = _group(PgBouncerSettings, "PgBouncer")
+    dev: DevSettings = _group(DevSettings, "local stack")
+    maintenance: MaintenanceSettings = _group(MaintenanceSettings, "maintenance")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
-        values = {}
-        for f in fields(cls):
-            raw = _lookup(environ, PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _convert(f.name, f.type, raw)
-        settings = cls(**values)
+        settings = _read(cls, environ)
         settings.validate()
         return settings
 
@@ -168,8 +288,6 @@ class Settings:
             raise SettingsError(f"{PREFIX}ENV must be 'development' or 'production', not {self.env!r}")
         if self.jwt_secret:
             _check_jwt_secret(self.jwt_secret)
-        if self.pool_size < 1:
-            raise SettingsError(f"{PREFIX}POOL_SIZE must be at least 1")
         if not 1 <= self.default_ttl_s <= self.max_ttl_s:
             raise SettingsError(f"{PREFIX}DEFAULT_TTL_S must be between 1 and {PREFIX}MAX_TTL_S")
         if self.max_body_bytes < 1024:
@@ -178,33 +296,9 @@ class Settings:
             raise SettingsError(f"{PREFIX}FLUSH_INTERVAL_S must be positive")
         if self.log_format not in ("auto", "json", "text"):
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be auto, json or text")
-        if not self.features_schema.strip():
-            raise SettingsError(f"{PREFIX}FEATURES_SCHEMA must name a schema")
-        if self.features_strategy not in ("statement", "pipeline"):
-            raise SettingsError(f"{PREFIX}FEATURES_STRATEGY must be statement or pipeline")
-        if not 0 <= self.features_ready_hit_ratio <= 1:
-            raise SettingsError(f"{PREFIX}FEATURES_READY_HIT_RATIO must be between 0 and 1")
-        if not 0 <= self.features_prewarm_fraction <= 1:
-            raise SettingsError(f"{PREFIX}FEATURES_PREWARM_FRACTION must be between 0 and 1")
-        if min(self.features_warmup_hot_keys, self.features_warmup_lookups) < 0 or self.features_ready_latency_ms < 0:
-            raise SettingsError(f"{PREFIX}FEATURES_WARMUP_* and {PREFIX}FEATURES_READY_LATENCY_MS must not be negative")
-        for name in ("database_url", "admin_database_url") + (("read_database_url",) if self.read_database_url else ()):
-            scheme = urlsplit(getattr(self, name)).scheme
-            if scheme not in ("postgresql", "postgres"):
-                raise SettingsError(f"{PREFIX}{name.upper()} must be a postgresql:// URL")
-        self._validate_replica()
-
-    def _validate_replica(self) -> None:
-        if self.read_pool_size < 1:
-            raise SettingsError(f"{PREFIX}READ_POOL_SIZE must be at least 1")
-        if min(self.replica_check_interval_s, self.replica_timeout_s) <= 0:
-            raise SettingsError(f"{PREFIX}REPLICA_CHECK_INTERVAL_S and {PREFIX}REPLICA_TIMEOUT_S must be positive")
-        # Between two checks a caught-up replica's bound ages by an interval (and a check's time).
-        if self.replica_max_lag_s < 2 * self.replica_check_interval_s:
-            raise SettingsError(f"{PREFIX}REPLICA_MAX_LAG_S must be at least twice {PREFIX}REPLICA_CHECK_INTERVAL_S")
-        # Past the window, a replica within the lag bound holds the write: that is the guarantee.
-        if self.read_your_writes_s < self.replica_max_lag_s:
-            raise SettingsError(f"{PREFIX}READ_YOUR_WRITES_S must be at least {PREFIX}REPLICA_MAX_LAG_S")
+        for f in fields(self):
+            if _is_group(f):
+                getattr(self, f.name).validate()
 
     def require_jwt_secret(self) -> str:
         """The secret tokens are signed with, for whatever verifies or mints them."""
@@ -216,12 +310,36 @@ class Settings:
         return self.jwt_secret
 
     def describe(self) -> dict[str, str]:
-        """Every setting with secrets masked, for logs and ``cachesvc settings``."""
+        """Every setting by its variable, secrets masked, for logs and ``cachesvc settings``."""
         out = {}
-        for f in fields(self):
-            value = str(getattr(self, f.name))
-            out[PREFIX + f.name.upper()] = _mask(value) if f.metadata.get("secret") else value
+        for group, f in walk(type(self)):
+            value = str(getattr(getattr(self, group) if group else self, f.name))
+            out[env_name(f)] = _mask(value) if f.metadata.get("secret") else value
         return out
+
+
+def walk(cls: type = Settings) -> Iterator[tuple[str | None, Field]]:
+    """Every setting as (its group's field name, or None at the top; the setting's field)."""
+    for f in fields(cls):
+        if _is_group(f):
+            yield from ((f.name, inner) for inner in fields(f.default_factory))
+        else:
+            yield None, f
+
+
+def _read(cls: type, environ: Mapping[str, str]):
+    values = {}
+    for f in fields(cls):
+        if _is_group(f):
+            values[f.name] = _read(f.default_factory, environ)
+        elif (raw := _lookup(environ, env_name(f))) is not None:
+            values[f.name] = _convert(env_name(f), f.type, raw)
+    return cls(**values)
+
+
+def _check_dsn(name: str, url: str) -> None:
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise SettingsError(f"{name} must be a postgresql:// URL")
 
 
 def _check_jwt_secret(secret: str) -> None:
@@ -245,8 +363,7 @@ def _lookup(environ: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def _convert(name: str, type_: str, raw: str):
-    env_name = PREFIX + name.upper()
+def _convert(env_name: str, type_: str, raw: str):
     try:
         if type_ == "int":
             return int(raw)

@@ -4,18 +4,17 @@ Regenerate it after changing a setting::
 
     python -m cachesvc.settings_doc > docs/settings.md
 
-``tests/test_docs.py`` fails while the file differs from what ``render()`` returns. Settings
-that belong to a group (a nested settings dataclass, or ``group`` in a field's metadata) get a
-section per group; otherwise every setting is one table. A secret setting shows no default.
+``tests/test_docs.py`` fails while the file differs from what ``render()`` returns. The
+service's own settings come first, then a section per group (``Settings.database``,
+``.replica``, …), each setting under the variable it is read from. A secret shows no default.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from pathlib import Path
 
-from cachesvc.settings import PREFIX, Settings
+from cachesvc.settings import PREFIX, Settings, env_name, walk
 
 COMMAND = "python -m cachesvc.settings_doc > docs/settings.md"
 
@@ -37,13 +36,6 @@ Outside the settings object, the local stack (`scripts/dev`, the tests and the b
 reads `CACHESVC_PG_BINDIR`: the directory of PostgreSQL's server binaries when they are not
 under `/usr/lib/postgresql/<N>/bin`.
 """
-
-
-def _hints(cls: type) -> dict[str, object]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # an annotation that does not resolve: treat every field as a value
-        return {}
 
 
 def _default(f: dataclasses.Field) -> object:
@@ -71,40 +63,27 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def _env_name(f: dataclasses.Field) -> str:
-    return f.metadata.get("env") or PREFIX + f.name.upper()
-
-
-def _groups(cls: type) -> list[tuple[str | None, list[dataclasses.Field]]]:
-    """(group, its settings) in declaration order; one group ``None`` when there are none."""
-    hints = _hints(cls)
-    groups: dict[str | None, list[dataclasses.Field]] = {}
-    for f in dataclasses.fields(cls):
-        nested = hints.get(f.name)
-        if isinstance(nested, type) and dataclasses.is_dataclass(nested):
-            name = f.metadata.get("group") or f.name
-            groups.setdefault(name, []).extend(dataclasses.fields(nested))
-        else:
-            groups.setdefault(f.metadata.get("group"), []).append(f)
+def _groups(cls: type) -> list[tuple[str, list[dataclasses.Field]]]:
+    """(section title, its settings) in declaration order: the service's own, then a group each."""
+    titles = {f.name: f.metadata["group"] for f in dataclasses.fields(cls) if "group" in f.metadata}
+    groups: dict[str, list[dataclasses.Field]] = {}
+    for group, f in walk(cls):
+        groups.setdefault(titles[group] if group else "service", []).append(f)
     return list(groups.items())
 
 
 def _table(fields: list[dataclasses.Field]) -> list[str]:
     lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for f in fields:
-        lines.append(f"| `{_env_name(f)}` | {_render_default(f)} | {_cell(f.metadata.get('help', ''))} |")
+        lines.append(f"| `{env_name(f)}` | {_render_default(f)} | {_cell(f.metadata.get('help', ''))} |")
     return lines
 
 
 def render(cls: type = Settings) -> str:
     """The whole of ``docs/settings.md``."""
     lines = [HEADER]
-    groups = _groups(cls)
-    if len(groups) == 1 and groups[0][0] is None:
-        lines += _table(groups[0][1]) + [""]
-    else:
-        for name, fields in groups:
-            lines += [f"## {name or 'general'}", ""] + _table(fields) + [""]
+    for title, fields in _groups(cls):
+        lines += [f"## {title}", ""] + _table(fields) + [""]
     lines.append(FOOTER)
     return "\n".join(lines)
 

@@ -335,8 +335,8 @@ def test_statement_and_pipeline_strategies_agree_with_the_database(stack, admin,
     keys = probe_keys(feature_data, random.Random(2))[:100]
 
     async def run():
-        pool = create_pool(settings)
-        await open_pool(pool, settings)
+        pool = create_pool(settings.database)
+        await open_pool(pool, settings.database)
         try:
             async with pool.connection() as conn:
                 found = await catalog.discover(conn, "features", TABLES)
@@ -423,6 +423,6 @@ def test_hot_keys_are_recorded_through_the_function_only(http, tokens, admin, st
 def test_feature_settings_are_checked(bad):
     from cachesvc.settings import Settings, SettingsError
 
-    assert Settings.from_env({}).features_strategy == "statement"
+    assert Settings.from_env({}).features.strategy == "statement"
     with pytest.raises(SettingsError, match="CACHESVC_FEATURES_"):
         Settings.from_env(bad)

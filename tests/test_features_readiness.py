@@ -116,8 +116,8 @@ def test_without_pg_prewarm_warm_up_reads_index_pages(stack, warm_table, admin):
         ).fetchone()
 
     async def run():
-        pool = create_pool(settings)
-        await open_pool(pool, settings)
+        pool = create_pool(settings.database)
+        await open_pool(pool, settings.database)
         try:
             async with pool.connection() as conn:
                 found = await catalog.discover(conn, "features", [WARM])

@@ -60,8 +60,8 @@ def pools(monkeypatch) -> list:
     made: list = []
 
     def keeping(create):
-        def wrapped(settings):
-            result = create(settings)
+        def wrapped(*groups):
+            result = create(*groups)
             made.extend(p for p in (result if isinstance(result, tuple) else (result,)) if p is not None)
             return result
         return wrapped

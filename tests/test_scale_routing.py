@@ -83,7 +83,7 @@ def test_the_window_runs_on_the_monotonic_clock_by_default():
 
 def checked_replica(s: Settings, clock: FakeClock) -> ReplicaMonitor:
     """A monitor whose last check (the pools are never used here) found the replica caught up now."""
-    monitor = ReplicaMonitor(None, None, None, s)  # type: ignore[arg-type]
+    monitor = ReplicaMonitor(None, None, None, s.replica)  # type: ignore[arg-type]
     monitor.covered_at = clock()
     return monitor
 
@@ -91,14 +91,14 @@ def checked_replica(s: Settings, clock: FakeClock) -> ReplicaMonitor:
 def test_a_writer_reads_from_the_primary_until_its_window_has_passed():
     s, clock = settings(), FakeClock()
     monitor = checked_replica(s, clock)
-    router = ReadRouter(monitor, s, clock)
+    router = ReadRouter(monitor, s.replica, clock)
     writer, other = uuid.uuid4(), uuid.uuid4()
     router.wrote(writer)
     for _ in range(2):
         assert router.choose([writer]) is Target.PRIMARY
         assert router.choose([other]) is Target.REPLICA
         assert router.choose([other, writer]) is Target.PRIMARY  # a batch with a writer in it
-        clock.advance(s.read_your_writes_s / 2 - TICK)
+        clock.advance(s.replica.read_your_writes_s / 2 - TICK)
         monitor.covered_at = clock()  # the replica keeps up meanwhile
     clock.advance(2 * TICK)
     assert router.choose([writer]) is Target.REPLICA
@@ -108,9 +108,9 @@ def test_a_writer_reads_from_the_primary_until_its_window_has_passed():
 
 def test_the_lag_bound_ages_without_a_check_and_sends_reads_to_the_primary():
     s, clock = settings(), FakeClock()
-    router = ReadRouter(checked_replica(s, clock), s, clock)
+    router = ReadRouter(checked_replica(s, clock), s.replica, clock)
     user = uuid.uuid4()
-    clock.advance(s.replica_max_lag_s)
+    clock.advance(s.replica.max_lag_s)
     assert router.choose([user]) is Target.REPLICA  # possibly max_lag_s behind: still within the bound
     clock.advance(TICK)
     assert router.choose([user]) is Target.PRIMARY  # no check since: it may be further behind
@@ -118,7 +118,7 @@ def test_the_lag_bound_ages_without_a_check_and_sends_reads_to_the_primary():
 
 
 def test_without_a_replica_every_read_goes_to_the_primary():
-    router = ReadRouter(None, settings(), FakeClock())
+    router = ReadRouter(None, settings().replica, FakeClock())
     user = uuid.uuid4()
     router.wrote(user)
     assert router.choose([user]) is Target.PRIMARY and len(router.recent) == 0 and not router.routes
@@ -130,8 +130,8 @@ def settings(**values: str) -> Settings:
 
 def test_replica_settings_default_to_consistent_values():
     s = settings()
-    assert s.read_database_url == ""
-    assert s.read_your_writes_s >= s.replica_max_lag_s >= 2 * s.replica_check_interval_s
+    assert s.replica.url == ""
+    assert s.replica.read_your_writes_s >= s.replica.max_lag_s >= 2 * s.replica.check_interval_s
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ EXAMPLES = 25  # per operation and phase: the whole module stays well under a mi
 # The document as the service builds it; test_the_live_document_is_the_one_explored checks it is
 # the one /openapi.json serves (schemathesis's fixture-loaded schemas need a pytest it predates).
 FEATURE_TABLE = "st_profiles"
-DOCUMENT = openapi.document(Settings(), [FEATURE_TABLE])
+DOCUMENT = openapi.document(Settings().max_ttl_s, [FEATURE_TABLE])
 schema = schemathesis.openapi.from_dict(DOCUMENT)  # every phase: examples, coverage, fuzzing
 # The two reads that take X-Consistency-Token skip the coverage phase: its "all required and one
 # optional property" scenario sends the header as "0" and counts that as schema-valid although it

@@ -31,7 +31,7 @@ def endpoint(handler, route: str):
     async def wrapped(request: Request) -> Response:
         started = time.perf_counter()
         ctx = context(request)
-        start_budget(ctx.settings.request_timeout_s)  # all of its database work
+        start_budget(ctx.settings.database.request_timeout_s)  # all of its database work
         rid = errors.assign_request_id(request)
         try:
             response = await handler(request)
@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         async with open_context(settings) as ctx:
-            log.info("ready to serve", extra={"fields": {"pool": settings.pool_size, "replica": ctx.replica is not None}})
+            log.info("ready to serve", extra={"fields": {"pool": settings.database.pool_size, "replica": ctx.replica is not None}})
             yield {"ctx": ctx}  # handlers read it as request.state.ctx (context.context)
 
     async def not_found(request: Request, exc) -> Response:

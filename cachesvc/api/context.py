@@ -35,12 +35,13 @@ from cachesvc.db import bounded
 from cachesvc.db.pools import create_check_pools, create_pool, create_read_pool, open_pool
 from cachesvc.db.replica import ReplicaMonitor
 from cachesvc.db.routing import ReadRouter
+from cachesvc.db.transaction import Transactions
 from cachesvc.features.catalog import CatalogError
 from cachesvc.features.service import FeatureService
 from cachesvc.logs import AccessLog
 from cachesvc.metrics import Metrics
 from cachesvc.ratelimit import RateLimiter
-from cachesvc.settings import Settings
+from cachesvc.settings import DatabaseSettings, ReplicaSettings, Settings
 
 log = logging.getLogger("cachesvc.api")
 
@@ -119,7 +120,7 @@ def context(request: Request) -> AppContext:
 
 
 @contextlib.asynccontextmanager
-async def primary_pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool]:
+async def primary_pool(settings: DatabaseSettings) -> AsyncIterator[AsyncConnectionPool]:
     """The primary's pool, open (start-up retried with backoff), closed on exit."""
     pool = create_pool(settings)
     try:
@@ -131,12 +132,12 @@ async def primary_pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool]
 
 @contextlib.asynccontextmanager
 async def replica_pools(
-    settings: Settings,
+    settings: DatabaseSettings, replica: ReplicaSettings,
 ) -> AsyncIterator[tuple[AsyncConnectionPool | None, tuple[AsyncConnectionPool, AsyncConnectionPool] | None]]:
     """The replica's request pool and the lag checks' pools (None without a replica).
 
     Opened without waiting: the service starts, and stays ready, while the replica is down."""
-    read_pool, check_pools = create_read_pool(settings), create_check_pools(settings)
+    read_pool, check_pools = create_read_pool(settings, replica), create_check_pools(settings, replica)
     pools = [p for p in (read_pool, *(check_pools or ())) if p is not None]
     try:
         for pool in pools:
@@ -170,8 +171,8 @@ def start_loops(ctx: AppContext) -> None:
     background.start("counter-flush", ctx.counters.run(ctx.pool, settings.flush_interval_s, ctx.metrics))
     background.start("features-warmup", ctx.features.readiness.run())
     background.start("features-hot-keys", ctx.features.hot_keys.run(ctx.pool, settings.flush_interval_s))
-    if ctx.features.warms_replica(settings):
-        background.start("features-replica-warmup", ctx.features.warm_replica(settings))
+    if ctx.features.warms_replica():
+        background.start("features-replica-warmup", ctx.features.warm_replica())
 
 
 @contextlib.asynccontextmanager
@@ -187,26 +188,28 @@ async def open_context(
         if access_log is not None:
             stack.callback(access_log.flush)
         metrics = Metrics()
-        pool = await stack.enter_async_context(primary_pool(settings))
+        pool = await stack.enter_async_context(primary_pool(settings.database))
         after_step("primary_pool")
 
-        read_pool, check_pools = await stack.enter_async_context(replica_pools(settings))
+        read_pool, check_pools = await stack.enter_async_context(replica_pools(settings.database, settings.replica))
         stack.push_async_callback(drain_abandoned)  # before any pool closes
-        replica = ReplicaMonitor(*check_pools, read_pool, settings) if check_pools else None
+        replica = ReplicaMonitor(*check_pools, read_pool, settings.replica) if check_pools else None
         if replica is not None:
             await replica.check()  # so that reads may go there from the first request
         after_step("replica")
 
-        router = ReadRouter(replica, settings)
+        router = ReadRouter(replica, settings.replica)
         counters = Counters()
         store = CacheStore(
-            pool, settings, counters, on_retry=lambda: metrics.retries.labels("cache").inc(),
+            pool, settings.database, counters, on_retry=lambda: metrics.retries.labels("cache").inc(),
             read_pool=read_pool, router=router,
         )
         stack.push_async_callback(flush_counters, counters, pool)
         try:
             features = await FeatureService.discover(
-                pool, settings, router, read_pool, on_retry=lambda: metrics.retries.labels("features").inc(),
+                pool, settings.features,
+                Transactions.from_settings(settings.database, on_retry=lambda: metrics.retries.labels("features").inc()),
+                router, read_pool,
             )
         except CatalogError as exc:
             log.error("refusing to start: %s", exc)
@@ -216,7 +219,7 @@ async def open_context(
         metrics.features = features
         after_step("features")
 
-        document = openapi.document_bytes(settings, list(features.catalog.tables))
+        document = openapi.document_bytes(settings.max_ttl_s, list(features.catalog.tables))
         background = await stack.enter_async_context(Background())  # left first: the loops stop before the flushes
         ctx = AppContext(
             settings=settings,
@@ -238,6 +241,6 @@ async def open_context(
         start_loops(ctx)
         after_step("loops")
 
-        await features.wait_warm(settings.features_warmup_wait_s)
+        await features.wait_warm(settings.features.warmup_wait_s)
         after_step("warm_up")
         yield ctx

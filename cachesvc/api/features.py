@@ -24,7 +24,7 @@ def _authorized(request: Request) -> AppContext:
     principal = authenticate(request, ctx.tokens)
     if principal.is_service:
         return ctx
-    if ctx.settings.features_open_to_users and principal.role == "authenticated":
+    if ctx.settings.features.open_to_users and principal.role == "authenticated":
         return ctx
     raise ApiError(403, "forbidden", "features may be read with a service_role token only")
 

@@ -11,7 +11,6 @@ from cachesvc.api.errors import ErrorBody
 from cachesvc.cache import models
 from cachesvc.features import models as feature_models
 from cachesvc.db.lsn import LSN_RE
-from cachesvc.settings import Settings
 
 REF = "#/components/schemas/{name}"
 
@@ -112,7 +111,7 @@ def feature_paths(tables: Sequence[str]) -> dict:
     }
 
 
-def document(settings: Settings, tables: Sequence[str] = ()) -> dict:
+def document(max_ttl_s: int, tables: Sequence[str] = ()) -> dict:
     _, components = msgspec.json.schema_components(
         [models.CacheEntry, models.PutEntry, models.LookupRequest, models.LookupResponse,
          models.EraseResponse, models.StatsResponse, ErrorBody,
@@ -121,7 +120,7 @@ def document(settings: Settings, tables: Sequence[str] = ()) -> dict:
         ref_template=REF,
     )
     ttl = components["PutEntry"]["properties"]["ttlSeconds"]["anyOf"][0]
-    ttl["maximum"] = settings.max_ttl_s  # the configured CACHESVC_MAX_TTL_S
+    ttl["maximum"] = max_ttl_s  # the configured CACHESVC_MAX_TTL_S
     components["FeatureLookupRequest"]["properties"]["tables"]["anyOf"][0]["items"] = _table_names(tables)
     paths = {
         "/v1/cache/{contentType}/{key}": {
@@ -191,5 +190,5 @@ def document(settings: Settings, tables: Sequence[str] = ()) -> dict:
     }
 
 
-def document_bytes(settings: Settings, tables: Sequence[str] = ()) -> bytes:
-    return msgspec.json.encode(document(settings, tables))
+def document_bytes(max_ttl_s: int, tables: Sequence[str] = ()) -> bytes:
+    return msgspec.json.encode(document(max_ttl_s, tables))

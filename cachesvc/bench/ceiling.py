@@ -66,7 +66,7 @@ def pgbench_ceiling(stack: LocalStack, home: Path, clients: int, seconds: int, u
     """TPS of the service's GET transaction, run by pgbench through PgBouncer."""
     settings = stack.settings()
     script = home / "get.sql"
-    script.write_text(get_script(Transactions.from_settings(settings), settings.request_timeout_s, users, keys))
+    script.write_text(get_script(Transactions.from_settings(settings.database), settings.database.request_timeout_s, users, keys))
     env = os.environ | {"PGPASSWORD": stack.passwords["cachesvc_app"]}
     result = subprocess.run(
         [str(find_pg_bindir() / "pgbench"), "-n", "-M", "simple", "-c", str(clients), "-j", "1", "-T", str(seconds),

@@ -115,8 +115,8 @@ def key_sets(rows: int, keys: int, count: int, seed: int) -> list[list[str]]:
 
 async def in_process(stack: LocalStack, rows: int, iterations: int) -> dict:
     settings = stack.settings(pool_size=4)
-    pool = create_pool(settings)
-    await open_pool(pool, settings)
+    pool = create_pool(settings.database)
+    await open_pool(pool, settings.database)
     try:
         async with pool.connection() as conn:
             found = await catalog.discover(conn, "features")

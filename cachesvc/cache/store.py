@@ -33,7 +33,7 @@ from cachesvc.cache.models import CacheEntry, ContentTypeStats, LookupItem, PutE
 from cachesvc.db.lsn import format_lsn
 from cachesvc.db.routing import ReadRouter, Reads, Target
 from cachesvc.db.transaction import Budget, Transactions, within_budget
-from cachesvc.settings import Settings
+from cachesvc.settings import DatabaseSettings, ReplicaSettings
 
 # content_raw / metadata_raw hold JSON text that jsonb refuses (rawjson.py), verbatim.
 ENTRY_COLUMNS = (
@@ -185,7 +185,7 @@ class CacheStore:
     def __init__(
         self,
         pool: AsyncConnectionPool,
-        settings: Settings,
+        settings: DatabaseSettings,
         counters: Counters,
         on_retry=lambda: None,
         *,
@@ -193,7 +193,7 @@ class CacheStore:
         router: ReadRouter | None = None,
     ) -> None:
         self.pool = pool
-        self.router = router or ReadRouter(None, settings)
+        self.router = router or ReadRouter(None, ReplicaSettings())  # no replica: every read on the primary
         self.settings = settings
         self.counters = counters
         self.transactions = Transactions.from_settings(settings, on_retry)

@@ -15,12 +15,12 @@ import time
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from cachesvc.settings import Settings
+from cachesvc.settings import DatabaseSettings, ReplicaSettings
 
 log = logging.getLogger("cachesvc.db")
 
 
-def connection_kwargs(settings: Settings) -> dict:
+def connection_kwargs(settings: DatabaseSettings) -> dict:
     kwargs = {
         # Each request sends its own BEGIN ... COMMIT in one query string (cachesvc.db.transaction).
         "autocommit": True,
@@ -56,34 +56,36 @@ async def mark_used(conn: psycopg.AsyncConnection) -> None:
     conn._cachesvc_last_used = time.monotonic()
 
 
-def create_pool(settings: Settings) -> AsyncConnectionPool:
+def create_pool(settings: DatabaseSettings) -> AsyncConnectionPool:
     return _fixed_pool(settings.database_url, settings.pool_size, settings, "cachesvc")
 
 
-def create_check_pools(settings: Settings) -> tuple[AsyncConnectionPool, AsyncConnectionPool] | None:
+def create_check_pools(
+    settings: DatabaseSettings, replica: ReplicaSettings
+) -> tuple[AsyncConnectionPool, AsyncConnectionPool] | None:
     """One connection to each server for the replica's lag checks, apart from the request
     pools: a check must neither wait behind requests nor take a connection from them (a busy
     replica pool is not a replica down). Open them with ``open(wait=False)``."""
-    if not settings.read_database_url:
+    if not replica.url:
         return None
     return (
         _fixed_pool(settings.database_url, 1, settings, "cachesvc-check"),
-        _fixed_pool(settings.read_database_url, 1, settings, "cachesvc-read-check"),
+        _fixed_pool(replica.url, 1, settings, "cachesvc-read-check"),
     )
 
 
-def create_read_pool(settings: Settings) -> AsyncConnectionPool | None:
+def create_read_pool(settings: DatabaseSettings, replica: ReplicaSettings) -> AsyncConnectionPool | None:
     """The read replica's pool (None without ``CACHESVC_READ_DATABASE_URL``).
 
     Open it with ``open(wait=False)``: the service starts, and stays ready, while the replica
     is down; reads go to the primary meanwhile (cachesvc.db.routing).
     """
-    if not settings.read_database_url:
+    if not replica.url:
         return None
-    return _fixed_pool(settings.read_database_url, settings.read_pool_size, settings, "cachesvc-read")
+    return _fixed_pool(replica.url, replica.pool_size, settings, "cachesvc-read")
 
 
-def _fixed_pool(url: str, size: int, settings: Settings, name: str) -> AsyncConnectionPool:
+def _fixed_pool(url: str, size: int, settings: DatabaseSettings, name: str) -> AsyncConnectionPool:
     return AsyncConnectionPool(
         url,
         min_size=size,
@@ -97,7 +99,7 @@ def _fixed_pool(url: str, size: int, settings: Settings, name: str) -> AsyncConn
     )
 
 
-async def open_pool(pool: AsyncConnectionPool, settings: Settings, first_delay: float = 0.5) -> None:
+async def open_pool(pool: AsyncConnectionPool, settings: DatabaseSettings, first_delay: float = 0.5) -> None:
     """Open the pool, retrying with exponential backoff while the database is unreachable."""
     delay = first_delay
     attempts = settings.startup_attempts

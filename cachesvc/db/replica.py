@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.db.bounded import Bounded
 from cachesvc.db.lsn import format_lsn
-from cachesvc.settings import Settings
+from cachesvc.settings import ReplicaSettings
 
 log = logging.getLogger("cachesvc.replica")
 
@@ -63,16 +63,16 @@ class ReplicaMonitor:
     """Checks the replica in the background; the router asks ``usable()`` on every read."""
 
     def __init__(
-        self, primary: AsyncConnectionPool, replica: AsyncConnectionPool, read_pool: AsyncConnectionPool, settings: Settings
+        self, primary: AsyncConnectionPool, replica: AsyncConnectionPool, read_pool: AsyncConnectionPool, settings: ReplicaSettings
     ) -> None:
         """``primary`` and ``replica``: the check pools (one connection each); ``read_pool``: the
         replica's request pool, whose connections are checked when the replica comes back."""
         self.primary = primary
         self.replica = replica
         self.read_pool = read_pool
-        self.max_lag_s = settings.replica_max_lag_s
-        self.interval_s = settings.replica_check_interval_s
-        self.timeout_s = settings.replica_timeout_s
+        self.max_lag_s = settings.max_lag_s
+        self.interval_s = settings.check_interval_s
+        self.timeout_s = settings.timeout_s
         self.samples: deque[Sample] = deque()
         self.primary_id: int | None = None
         self.covered_at: float | None = None

@@ -41,7 +41,7 @@ from cachesvc.db.bounded import Bounded
 from cachesvc.db.errors import connection_lost
 from cachesvc.db.replica import ReplicaMonitor
 from cachesvc.db.transaction import Budget, Statement, Transactions
-from cachesvc.settings import Settings
+from cachesvc.settings import ReplicaSettings
 
 T = TypeVar("T")
 
@@ -89,12 +89,12 @@ class ReadRouter:
     """Chooses the server of each read, once; runs an attempt there, falling back to the primary."""
 
     def __init__(
-        self, monitor: ReplicaMonitor | None, settings: Settings, clock: Callable[[], float] = time.monotonic
+        self, monitor: ReplicaMonitor | None, settings: ReplicaSettings, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.monitor = monitor
         self.clock = clock  # the write window's and the lag bound's (the monitor samples on time.monotonic)
         self.recent = RecentWriters(settings.read_your_writes_s, clock)
-        self.timeout_s = settings.replica_timeout_s
+        self.timeout_s = settings.timeout_s
         self.routes: Counter[tuple[str, str]] = Counter()  # (target, reason) -> reads
         self.fallbacks: Counter[str] = Counter()  # failure kind -> replica attempts redone on the primary
         self._bounded = Bounded()

@@ -40,6 +40,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.db.bounded import Bounded
+from cachesvc.settings import DatabaseSettings
 from cachesvc.db.errors import DatabaseTimeout, connection_lost
 
 T = TypeVar("T")
@@ -94,7 +95,7 @@ class Transactions:
         self._bounded = Bounded()
 
     @classmethod
-    def from_settings(cls, settings, on_retry: Callable[[], None] = lambda: None) -> Transactions:
+    def from_settings(cls, settings: DatabaseSettings, on_retry: Callable[[], None] = lambda: None) -> Transactions:
         return cls(
             settings.request_timeout_s, settings.statement_timeout_ms, settings.idle_in_transaction_timeout_ms, on_retry
         )

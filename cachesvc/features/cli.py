@@ -30,24 +30,24 @@ async def _warmup(settings: Settings) -> int:
     from cachesvc.features import catalog, readiness, warmup
     from cachesvc.features.reader import FeatureReader
 
-    pool = create_pool(settings)
-    await open_pool(pool, settings)
+    pool = create_pool(settings.database)
+    await open_pool(pool, settings.database)
     try:
         async with pool.connection() as conn:
-            found = await catalog.discover(conn, settings.features_schema, catalog.parse_allow_list(settings.features_tables))
-        reader = FeatureReader(pool, found, strategy=settings.features_strategy)
+            found = await catalog.discover(conn, settings.features.schema, catalog.parse_allow_list(settings.features.tables))
+        reader = FeatureReader(pool, found, strategy=settings.features.strategy)
         samples = await warmup.sample_keys(reader)
         progress(f"warming {len(found.tables)} tables")
         report = await warmup.warm_up(
             reader,
-            prewarm_fraction=settings.features_prewarm_fraction,
-            hot_key_limit=settings.features_warmup_hot_keys,
-            lookups=settings.features_warmup_lookups,
-            concurrency=settings.pool_size,
+            prewarm_fraction=settings.features.prewarm_fraction,
+            hot_key_limit=settings.features.warmup_hot_keys,
+            lookups=settings.features.warmup_lookups,
+            concurrency=settings.database.pool_size,
             samples=samples,
         )
         keys = samples.probe or samples.warm
-        probe = await readiness.probe(reader, keys, settings, random.Random()) if keys else None
+        probe = await readiness.probe(reader, keys, settings.features, random.Random()) if keys else None
     finally:
         await pool.close()
     print_json({"tables": list(found.tables), **report.as_dict(), "probe": probe.as_dict() if probe else None})
@@ -59,8 +59,8 @@ def cmd_stats(args, settings: Settings) -> int:
 
     from cachesvc.features import stats
 
-    with psycopg.connect(settings.admin_database_url, autocommit=True) as conn:
-        report = stats.collect_sync(conn, settings.features_schema)
+    with psycopg.connect(settings.database.admin_database_url, autocommit=True) as conn:
+        report = stats.collect_sync(conn, settings.features.schema)
     print_json(report)
     for warning in report.warnings:
         error(f"warning: {warning}")
@@ -75,8 +75,8 @@ def cmd_demo(args, settings: Settings) -> int:
         return EXIT_USAGE
     print_json(
         demo.generate(
-            settings.admin_database_url,
-            settings.features_schema,
+            settings.database.admin_database_url,
+            settings.features.schema,
             tables=args.tables,
             rows=args.rows,
             only_missing=args.only_missing,
@@ -114,18 +114,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _load(args, settings: Settings):
     from cachesvc.features import load
 
-    return lambda run: load.load(run, settings.features_schema, args.table, Path(args.file))
+    return lambda run: load.load(run, settings.features.schema, args.table, Path(args.file))
 
 
 # -- scripts/dev -------------------------------------------------------------------------------
 
 
-def dev_demo(admin_url: str, settings: Settings, log) -> list[str]:
+def dev_demo(admin_url: str, schema: str, log) -> list[str]:
     """A small demo set for scripts/dev, created once and kept; returns the table names."""
     from cachesvc.features import demo
 
     result = demo.generate(
-        admin_url, settings.features_schema, tables=DEV_DEMO_TABLES, rows=DEV_DEMO_ROWS, only_missing=True
+        admin_url, schema, tables=DEV_DEMO_TABLES, rows=DEV_DEMO_ROWS, only_missing=True
     )
     if result["created"]:
         log(f"created demo feature tables: {', '.join(result['created'])}")

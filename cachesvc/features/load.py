@@ -184,7 +184,7 @@ def load(run: Run, schema: str, table: str, path: Path) -> None:
         run.progress(f"swapping {schema}.{table}")
         swap_in(conn, schema, table)
     except BaseException:
-        drop_staging(run.settings.admin_database_url, schema, table)
+        drop_staging(run.settings.database.admin_database_url, schema, table)
         raise
     run.summary |= {"table": table, "schema": schema, "rows": rows, "file": path.name, "bytes": path.stat().st_size,
                     "loaded": True}

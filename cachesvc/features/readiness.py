@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from cachesvc.features import warmup
 from cachesvc.features.reader import FeatureReader
-from cachesvc.settings import Settings
+from cachesvc.settings import FeatureSettings
 
 log = logging.getLogger("cachesvc.features")
 
@@ -71,22 +71,22 @@ async def hit_ratio(reader: FeatureReader, keys: list[str]) -> float:
     return hit / fetched if fetched else 1.0
 
 
-async def probe(reader: FeatureReader, keys: list[str], settings: Settings, rng: random.Random) -> Probe:
+async def probe(reader: FeatureReader, keys: list[str], settings: FeatureSettings, rng: random.Random) -> Probe:
     ratio = await hit_ratio(reader, rng.sample(keys, min(PROBE_KEYS, len(keys))))
     timed = rng.sample(keys, min(PROBE_KEYS, len(keys)))
     start = time.perf_counter()
     await reader.lookup(timed)
     latency_ms = (time.perf_counter() - start) * 1000
-    return Probe(ratio, latency_ms, settings.features_ready_hit_ratio, settings.features_ready_latency_ms)
+    return Probe(ratio, latency_ms, settings.ready_hit_ratio, settings.ready_latency_ms)
 
 
 class Readiness:
     """Runs warm-up (retrying on database errors) and the probes; /readyz reads ``status``."""
 
-    def __init__(self, reader: FeatureReader, settings: Settings) -> None:
+    def __init__(self, reader: FeatureReader, settings: FeatureSettings) -> None:
         self.reader = reader
         self.settings = settings
-        self.enabled = settings.features_warmup
+        self.enabled = settings.warmup
         self.state = "pending" if self.enabled else "disabled"
         self.report: warmup.WarmupReport | None = None
         self.last_probe: Probe | None = None
@@ -143,10 +143,10 @@ class Readiness:
                 samples = await warmup.sample_keys(self.reader)
                 self.report = await warmup.warm_up(
                     self.reader,
-                    prewarm_fraction=self.settings.features_prewarm_fraction,
-                    hot_key_limit=self.settings.features_warmup_hot_keys,
-                    lookups=self.settings.features_warmup_lookups,
-                    concurrency=self.settings.pool_size,
+                    prewarm_fraction=self.settings.prewarm_fraction,
+                    hot_key_limit=self.settings.warmup_hot_keys,
+                    lookups=self.settings.warmup_lookups,
+                    concurrency=self.reader.pool.max_size,
                     samples=samples,
                 )
                 self.error = None

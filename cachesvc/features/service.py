@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -27,7 +26,7 @@ from cachesvc.features.readiness import Readiness
 from cachesvc.db.routing import ReadRouter, Reads
 from cachesvc.db.transaction import Transactions
 from cachesvc.features.reader import CONTEXT, FeatureReader, Features
-from cachesvc.settings import Settings
+from cachesvc.settings import FeatureSettings, ReplicaSettings
 
 log = logging.getLogger("cachesvc.features")
 
@@ -35,8 +34,9 @@ log = logging.getLogger("cachesvc.features")
 class FeatureService:
     def __init__(
         self, reader: FeatureReader, hot_keys: HotKeys, readiness: Readiness, reads: Reads,
-        replica_reader: FeatureReader | None = None,
+        settings: FeatureSettings, replica_reader: FeatureReader | None = None,
     ) -> None:
+        self.settings = settings
         self.reader = reader  # the primary's: warm-up, readiness, statistics
         self.replica_reader = replica_reader  # the replica's: its warm-up
         self.reads = reads  # lookups, on the server the router chooses
@@ -59,11 +59,11 @@ class FeatureService:
             return True
         return monitor.server_started_at is not None and self.replica_warmed_for == monitor.server_started_at
 
-    def warms_replica(self, settings: Settings) -> bool:
+    def warms_replica(self) -> bool:
         """Whether there is a replica whose tables ``warm_replica`` keeps warm."""
-        return self.replica_reader is not None and self.router.monitor is not None and settings.features_warmup
+        return self.replica_reader is not None and self.router.monitor is not None and self.settings.warmup
 
-    async def warm_replica(self, settings: Settings) -> None:
+    async def warm_replica(self) -> None:
         """Warm the replica up whenever its server has (re)started: new buffers are cold."""
         monitor = self.router.monitor
         while True:
@@ -74,10 +74,10 @@ class FeatureService:
             try:
                 report = await warmup.warm_up(
                     self.replica_reader,
-                    prewarm_fraction=settings.features_prewarm_fraction,
-                    hot_key_limit=settings.features_warmup_hot_keys,
-                    lookups=settings.features_warmup_lookups,
-                    concurrency=settings.read_pool_size,
+                    prewarm_fraction=self.settings.prewarm_fraction,
+                    hot_key_limit=self.settings.warmup_hot_keys,
+                    lookups=self.settings.warmup_lookups,
+                    concurrency=self.replica_reader.pool.max_size,
                 )
             except Exception as exc:  # the replica went away meanwhile: lookups stay on the primary
                 log.warning("replica feature warm-up failed, retrying: %s", exc)
@@ -88,29 +88,27 @@ class FeatureService:
 
     @classmethod
     async def discover(
-        cls, pool: AsyncConnectionPool, settings: Settings,
+        cls, pool: AsyncConnectionPool, settings: FeatureSettings, transactions: Transactions,
         router: ReadRouter | None = None, read_pool: AsyncConnectionPool | None = None,
-        on_retry: Callable[[], None] = lambda: None,
     ) -> FeatureService:
-        """Discover the tables (CatalogError refuses to start) and build the path; starts nothing."""
+        """Discover the tables (CatalogError refuses to start) and build the path; starts nothing.
+        ``transactions``: the runner its reads go through (the request budget, retries' metric)."""
         async with pool.connection() as conn:
             found = await feature_catalog.discover(
-                conn, settings.features_schema, feature_catalog.parse_allow_list(settings.features_tables)
+                conn, settings.schema, feature_catalog.parse_allow_list(settings.tables)
             )
         if found.skipped:
             log.warning("not feature tables (names must match %s): %s", feature_catalog.TABLE_NAME_RE.pattern, ", ".join(found.skipped))
         log.info(
-            "feature tables", extra={"fields": {"schema": found.schema, "tables": list(found.tables), "strategy": settings.features_strategy}}
+            "feature tables", extra={"fields": {"schema": found.schema, "tables": list(found.tables), "strategy": settings.strategy}}
         )
-        transactions = Transactions.from_settings(settings, on_retry)
-
         def reader_on(on: AsyncConnectionPool, retry: bool) -> FeatureReader:
-            return FeatureReader(on, found, strategy=settings.features_strategy, transactions=transactions, retry=retry)
+            return FeatureReader(on, found, strategy=settings.strategy, transactions=transactions, retry=retry)
 
         reader = reader_on(pool, True)
         replica_reader = reader_on(read_pool, False) if read_pool is not None else None
-        reads = Reads(transactions, router or ReadRouter(None, settings), pool, read_pool)
-        return cls(reader, HotKeys(), Readiness(reader, settings), reads, replica_reader)
+        reads = Reads(transactions, router or ReadRouter(None, ReplicaSettings()), pool, read_pool)
+        return cls(reader, HotKeys(), Readiness(reader, settings), reads, settings, replica_reader)
 
     async def wait_warm(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for warm-up (``readiness.run``, started by the caller), so

@@ -164,7 +164,7 @@ def _detached(run: Run) -> set[str]:
 
 def retention_cutoff(run: Run) -> dt.date:
     """First day of the oldest month kept: this month minus CACHESVC_AUDIT_RETENTION_MONTHS."""
-    return add_months(month_start(db_today(run)), -run.settings.audit_retention_months)
+    return add_months(month_start(db_today(run)), -run.settings.maintenance.audit_retention_months)
 
 
 def archive(run: Run, before: dt.date, dest: Path) -> None:

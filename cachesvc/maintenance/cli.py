@@ -29,7 +29,7 @@ def register(sub) -> None:
     c.add_argument("--ahead", type=int, default=None, help="months ahead (default CACHESVC_PARTITIONS_AHEAD, 3)")
     c.add_argument("--dry-run", action="store_true")
     command(c, "partitions ensure", lambda a, s: lambda run: partitions.ensure(
-        run, s.partitions_ahead if a.ahead is None else a.ahead))
+        run, s.maintenance.partitions_ahead if a.ahead is None else a.ahead))
     c = ps.add_parser("retire", help="drop past cache months with no live row, and archived audit months")
     c.add_argument("--dry-run", action="store_true")
     command(c, "partitions retire", lambda a, s: partitions.retire)
@@ -49,7 +49,7 @@ def register(sub) -> None:
     c.add_argument("--dest", type=Path, metavar="DIR", help="default CACHESVC_ARCHIVE_DIR")
     c.add_argument("--dry-run", action="store_true")
     command(c, "audit archive", lambda a, s: lambda run: archive.archive(
-        run, a.before or archive.retention_cutoff(run), a.dest or s.archive_dir))
+        run, a.before or archive.retention_cutoff(run), a.dest or s.maintenance.archive_dir))
     c = aus.add_parser("restore", help="put an archived month back from its .jsonl.gz (checked against its manifest)")
     c.add_argument("file", type=Path)
     c.add_argument("--dry-run", action="store_true")
@@ -57,7 +57,7 @@ def register(sub) -> None:
 
     c = sub.add_parser("verify", help="check the deployment: schema, RLS, privileges, partitions, views, functions")
     c.add_argument("--ahead", type=int, default=None, help="months of partitions required ahead (default CACHESVC_PARTITIONS_AHEAD)")
-    command(c, "verify", lambda a, s: lambda run: verify.verify(run, s.partitions_ahead if a.ahead is None else a.ahead))
+    command(c, "verify", lambda a, s: lambda run: verify.verify(run, s.maintenance.partitions_ahead if a.ahead is None else a.ahead))
 
     p = sub.add_parser("health", help="health reports")
     hs = p.add_subparsers(dest="health_command", required=True, metavar="SUBCOMMAND")

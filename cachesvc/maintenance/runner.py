@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 
 from cachesvc import clikit
 from cachesvc.clikit import EXIT_FAILURE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
-from cachesvc.settings import Settings
+from cachesvc.settings import DatabaseSettings, Settings
 
 TRANSIENT = (psycopg.OperationalError, psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
 
@@ -145,7 +145,7 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def connect(settings: Settings) -> psycopg.Connection:
+def connect(settings: DatabaseSettings) -> psycopg.Connection:
     conn = psycopg.connect(
         settings.admin_database_url,
         autocommit=True,
@@ -188,7 +188,7 @@ def execute(
     delay = first_delay
     for attempt in range(1, attempts + 1):
         try:
-            with connect(settings) as conn:  # closing it releases every lock taken on it
+            with connect(settings.database) as conn:  # closing it releases every lock taken on it
                 locks = LOCKS.get(command, Locks((command.split()[0],)))
                 busy = next((name for name in locks.required if not _try_lock(conn, name)), None)
                 if busy is not None:
