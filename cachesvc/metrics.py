@@ -111,6 +111,9 @@ class PoolCollector:
         yield from (usable, lag, lag_bytes, staleness, checks)
 
 
+LEASE_OUTCOMES = ("hit", "granted", "taken_over", "served", "wait", "released")
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -133,6 +136,14 @@ class Metrics:
             "cachesvc_internal_errors_total", "requests answered 500 internal_error (a bug: see the logs)",
             registry=self.registry,
         )
+        self.leases = Counter(
+            "cachesvc_leases_total",
+            "lease requests by outcome: hit (the entry was there), granted, taken_over (granted after the holder's"
+            " lease expired), served (waited for and got another caller's generation), wait (still held), released",
+            ["outcome"], registry=self.registry,
+        )
+        for outcome in LEASE_OUTCOMES:
+            self.leases.labels(outcome)
         self.rate_limited = Counter(
             "cachesvc_rate_limited_total", "requests refused with 429", registry=self.registry
         )

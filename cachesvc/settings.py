@@ -261,6 +261,9 @@ class Settings:
     default_ttl_s: int = _setting(7 * 86400, help="TTL of an entry stored without ttlSeconds")
     max_ttl_s: int = _setting(90 * 86400, help="largest ttlSeconds accepted")
     max_body_bytes: int = _setting(1 << 20, help="largest request body accepted (413 beyond)")
+    lease_max_wait_ms: int = _setting(
+        10_000, help="longest a lease request (POST /v1/leases/…) waits for another caller's generation; its waitMs is capped to this"
+    )
     flush_interval_s: float = _setting(2.0, help="how often in-memory hit counters and feature hot keys are flushed")
     rate_limit_per_s: float = _setting(100.0, help="per-user token bucket refill rate (0 disables rate limiting)")
     rate_limit_burst: int = _setting(200, help="per-user token bucket size")
@@ -292,6 +295,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}DEFAULT_TTL_S must be between 1 and {PREFIX}MAX_TTL_S")
         if self.max_body_bytes < 1024:
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
+        if not 0 <= self.lease_max_wait_ms <= 20_000:
+            raise SettingsError(f"{PREFIX}LEASE_MAX_WAIT_MS must be between 0 and 20000")
         if self.flush_interval_s <= 0:
             raise SettingsError(f"{PREFIX}FLUSH_INTERVAL_S must be positive")
         if self.log_format not in ("auto", "json", "text"):

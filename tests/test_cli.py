@@ -128,5 +128,7 @@ def test_settings_doc_documents_every_setting():
 
     doc = (PROJECT_ROOT / "docs" / "settings.md").read_text()
     names = [env_name(f) for _, f in walk()]
-    assert len(names) == len(set(names)) == 55  # every variable once, in whichever group
+    assert len(names) == len(set(names))  # every variable once, in whichever group
+    assert {"CACHESVC_POOL_SIZE", "CACHESVC_READ_DATABASE_URL", "CACHESVC_FEATURES_SCHEMA", "CACHESVC_PGBOUNCER_POOL_SIZE",
+            "CACHESVC_DEV_PG_PORT", "CACHESVC_PARTITIONS_AHEAD", "CACHESVC_JWT_SECRET"} <= set(names)
     assert [name for name in names if f"`{name}`" not in doc] == []

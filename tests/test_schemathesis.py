@@ -46,9 +46,10 @@ def feature_table(stack):
 
 @pytest.fixture(scope="module")
 def live(stack, feature_table, tmp_path_factory):
-    """A service of its own: no rate limit (hundreds of requests a second are the point here)."""
+    """A service of its own: no rate limit (hundreds of requests a second are the point here), and
+    lease requests that wait a moment at most (a generated user may ask twice for one key)."""
     with running_service(stack, tmp_path_factory.mktemp("schemathesis") / "service.log",
-                         rate_limit_per_s="0", features_tables=feature_table) as service:
+                         rate_limit_per_s="0", lease_max_wait_ms="100", features_tables=feature_table) as service:
         yield service
 
 
@@ -76,7 +77,7 @@ def as_a_service_acting_for_a_user(case, live, tokens) -> None:
     case.call_and_validate(base_url=live.url, headers=headers)
 
 
-@schema.include(path_regex="^/v1/cache").exclude(operation_id=CONSISTENCY_READS).parametrize()
+@schema.include(path_regex="^/v1/(cache|leases)").exclude(operation_id=CONSISTENCY_READS).parametrize()
 @explore
 def test_cache_api_as_a_user(case, live, tokens):
     as_a_user(case, live, tokens)
@@ -88,7 +89,7 @@ def test_cache_reads_as_a_user(case, live, tokens):
     as_a_user(case, live, tokens)
 
 
-@schema.include(path_regex="^/v1/cache").exclude(operation_id=CONSISTENCY_READS).parametrize()
+@schema.include(path_regex="^/v1/(cache|leases)").exclude(operation_id=CONSISTENCY_READS).parametrize()
 @explore
 def test_cache_api_as_a_service_acting_for_a_user(case, live, tokens):
     as_a_service_acting_for_a_user(case, live, tokens)

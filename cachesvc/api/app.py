@@ -122,6 +122,7 @@ def route(path: str, *, template: str | None = None, **handlers) -> Route:
 
 
 ENTRY = "/v1/cache/{contentType}/{key}"
+LEASE = "/v1/leases/{contentType}/{key}"
 ROUTES = [
     route("/healthz", GET=healthz),
     route("/readyz", GET=readyz),
@@ -132,6 +133,7 @@ ROUTES = [
     route("/v1/cache", DELETE=cache.erase),
     route("/v1/cache/{content_type}/{key:path}", template=ENTRY,
           GET=cache.get_entry, PUT=cache.put_entry, DELETE=cache.delete_entry),
+    route("/v1/leases/{content_type}/{key:path}", template=LEASE, POST=cache.take_lease, DELETE=cache.release_lease),
     route("/v1/features/_stats", GET=feature_routes.table_stats),
     route("/v1/features/lookup", POST=feature_routes.lookup),
     route("/v1/features/{entityKey}", GET=feature_routes.get_features),

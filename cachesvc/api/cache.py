@@ -6,6 +6,8 @@ read that sends one back is answered by a read replica only once it has replayed
 
 from __future__ import annotations
 
+import uuid
+
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -88,6 +90,7 @@ async def put_entry(request: Request) -> Response:
     if ttl > ctx.settings.max_ttl_s:
         raise validation_error(f"ttlSeconds must be at most {ctx.settings.max_ttl_s}", "ttlSeconds")
     entry, replaced, token = await ctx.store.put(actor, content_type, key, body, ttl)
+    ctx.leases.waiters.notify(actor.user_id, content_type, key)  # its waiters here get it at once
     return _with_token(json_response(entry, 200 if replaced else 201), token)
 
 
@@ -129,3 +132,42 @@ async def stats(request: Request) -> Response:
     ctx = context(request)
     actor = _actor(request, ctx)
     return json_response(await ctx.store.stats(actor.user_id))
+
+
+LEASE_HEADER = "x-cache-lease"
+
+
+async def take_lease(request: Request) -> Response:
+    """Generate-once (cachesvc.cache.leases): the entry, a lease to generate it, or wait."""
+    ctx = context(request)
+    actor = _actor(request, ctx)
+    content_type, key = _path_params(request)
+    raw = await read_body(request, ctx.settings.max_body_bytes)
+    body = decode(raw, models.LeaseRequest) if raw.strip() else models.LeaseRequest()
+    wait_s = min(int(body.wait_ms), ctx.settings.lease_max_wait_ms) / 1000
+    outcome = await ctx.leases.acquire(actor, content_type, key, int(body.lease_seconds), wait_s)
+    if outcome.status == "hit":
+        ctx.metrics.lookup(content_type, True)
+        return json_response(models.LeaseResponse(status="hit", entry=outcome.entry))
+    if outcome.status == "granted":
+        ctx.metrics.lookup(content_type, False)
+        return json_response(
+            models.LeaseResponse(status="granted", lease_id=outcome.lease_id, expires_at=outcome.expires_at), 201
+        )
+    response = json_response(models.LeaseResponse(status="wait", expires_at=outcome.expires_at), 202)
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+async def release_lease(request: Request) -> Response:
+    """The holder gives its lease up, its generation having failed: a waiter takes over."""
+    ctx = context(request)
+    actor = _actor(request, ctx)
+    content_type, key = _path_params(request)
+    try:
+        lease_id = uuid.UUID(request.headers.get(LEASE_HEADER, ""))
+    except ValueError:
+        raise validation_error("X-Cache-Lease must be the leaseId a granted lease returned", "X-Cache-Lease") from None
+    if not await ctx.leases.release(actor, content_type, key, lease_id):
+        raise ApiError(404, "lease_not_found", f"no lease {lease_id} on {content_type}/{key} (released, expired or not yours)")
+    return Response(status_code=204)

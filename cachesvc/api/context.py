@@ -30,6 +30,7 @@ from starlette.requests import Request
 from cachesvc import auth, migrations
 from cachesvc.api import openapi
 from cachesvc.cache.counters import Counters
+from cachesvc.cache.leases import Leases
 from cachesvc.cache.store import CacheStore
 from cachesvc.db import bounded
 from cachesvc.db.pools import create_check_pools, create_pool, create_read_pool, open_pool
@@ -109,6 +110,7 @@ class AppContext:
     router: ReadRouter
     counters: Counters
     store: CacheStore
+    leases: Leases
     features: FeatureService
     openapi: bytes  # the document /openapi.json serves
     background: Background
@@ -234,6 +236,7 @@ async def open_context(
             router=router,
             counters=counters,
             store=store,
+            leases=Leases(store, settings.database.request_timeout_s, lambda kind: metrics.leases.labels(kind).inc()),
             features=features,
             openapi=document,
             background=background,

@@ -114,7 +114,7 @@ def feature_paths(tables: Sequence[str]) -> dict:
 def document(max_ttl_s: int, tables: Sequence[str] = ()) -> dict:
     _, components = msgspec.json.schema_components(
         [models.CacheEntry, models.PutEntry, models.LookupRequest, models.LookupResponse,
-         models.EraseResponse, models.StatsResponse, ErrorBody,
+         models.EraseResponse, models.StatsResponse, models.LeaseRequest, models.LeaseResponse, ErrorBody,
          feature_models.FeatureVector, feature_models.FeatureLookupRequest,
          feature_models.FeatureLookupResponse, feature_models.FeatureStatsResponse],
         ref_template=REF,
@@ -142,6 +142,31 @@ def document(max_ttl_s: int, tables: Sequence[str] = ()) -> dict:
             "delete": {
                 "operationId": "deleteEntry", "summary": "Delete the entry",
                 "responses": {"204": _written({"description": "deleted"}), **MISS, **_common()},
+            },
+        },
+        "/v1/leases/{contentType}/{key}": {
+            "parameters": [*ENTRY_PARAMS, USER_HEADER],
+            "post": {
+                "operationId": "takeLease",
+                "summary": "Generate once: the entry, or a lease to generate it, or wait for another caller's",
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {"$ref": REF.format(name="LeaseRequest")}}}},
+                "responses": {
+                    "200": _json("LeaseResponse", "status hit: the live entry"),
+                    "201": _json("LeaseResponse", "status granted: generate the entry and PUT it; the PUT releases the lease"),
+                    "202": _json("LeaseResponse", "status wait: another caller holds the lease (until expiresAt); ask again")
+                           | {"headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+                    **_common(*BODY_ERRORS),
+                },
+            },
+            "delete": {
+                "operationId": "releaseLease", "summary": "Give a lease up (the generation failed): a waiting caller takes over",
+                "parameters": [{"name": "X-Cache-Lease", "in": "header", "required": True,
+                                "schema": {"type": "string", "format": "uuid"}, "description": "the leaseId granted"}],
+                "responses": {
+                    "204": {"description": "released"},
+                    "404": _json("ErrorBody", "lease_not_found: released, expired, taken over, or another user's"),
+                    **_common(),
+                },
             },
         },
         "/v1/cache/lookup": {

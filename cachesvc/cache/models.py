@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated
+import uuid
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -80,6 +81,34 @@ class LookupResponse(Struct):
 
 class EraseResponse(Struct):
     deleted: int
+
+
+# Generate-once leases (cachesvc.cache.leases); whole numbers, 30 or 30.0 alike (as WholeTTL).
+MAX_LEASE_S, DEFAULT_LEASE_S, MAX_WAIT_MS = 300, 30, 20_000
+LeaseSeconds = Annotated[float, msgspec.Meta(
+    ge=1, le=MAX_LEASE_S, multiple_of=1, description="how long the lease holds if its holder never PUTs",
+)]
+WaitMs = Annotated[float, msgspec.Meta(
+    ge=0, le=MAX_WAIT_MS, multiple_of=1,
+    description="how long to wait for another caller's generation before answering wait (at most CACHESVC_LEASE_MAX_WAIT_MS)",
+)]
+
+
+class LeaseRequest(Struct):
+    """Body of POST /v1/leases/{contentType}/{key} (optional: an empty body takes the defaults)."""
+
+    lease_seconds: LeaseSeconds = DEFAULT_LEASE_S
+    wait_ms: WaitMs = 0
+
+
+class LeaseResponse(Struct, omit_defaults=True):
+    """hit: the entry is there; granted: generate it and PUT it (the PUT releases the lease);
+    wait: another caller holds the lease until expiresAt, ask again."""
+
+    status: Literal["hit", "granted", "wait"]
+    entry: CacheEntry | None = None
+    lease_id: uuid.UUID | None = None
+    expires_at: dt.datetime | None = None
 
 
 class ContentTypeStats(Struct):

@@ -93,6 +93,8 @@ WITH replaced AS (
     VALUES (%(user)s, %(ct)s, %(key)s, %(content)s::jsonb, %(metadata)s::jsonb, %(content_raw)s, %(metadata_raw)s,
             %(tokens)s, %(cost)s, %(model)s, now() + make_interval(secs => %(ttl)s))
     RETURNING {ENTRY_COLUMNS}
+), released AS (
+    DELETE FROM cache_leases WHERE user_id = %(user)s AND content_type = %(ct)s AND cache_key = %(key)s
 ), audit AS (
     INSERT INTO cache_audit_log (user_id, actor, action, content_type, cache_key, details)
     SELECT %(user)s, %(actor)s, 'put', %(ct)s, %(key)s,
@@ -128,6 +130,8 @@ WITH deleted AS (
     DELETE FROM infinite_pages_cache_partitioned WHERE user_id = %(user)s RETURNING 1
 ), stats AS (
     DELETE FROM cache_access_stats WHERE user_id = %(user)s RETURNING 1
+), leases AS (
+    DELETE FROM cache_leases WHERE user_id = %(user)s
 ), counted AS (
     SELECT (SELECT count(*) FROM deleted) AS entries, (SELECT count(*) FROM stats) AS stat_rows
 ), audit AS (
@@ -203,13 +207,15 @@ class CacheStore:
             if settings.read_lanes > 0 else {}
         )
 
-    async def _transaction(
+    async def run_as(
         self, user_id: uuid.UUID, statements: list[tuple[str, object]], *, retry: bool = True,
-        then: str | None = None, read_only: bool = False,
+        then: str | None = None, read_only: bool = False, budget: Budget | None = None,
     ) -> list[list[tuple]]:
-        """``statements`` in one transaction on the primary, acting as ``user_id``."""
+        """``statements`` in one transaction on the primary, acting as ``user_id`` (row-level
+        security admits their rows only), within ``budget`` (the request's by default)."""
         return await self.transactions.run(
-            self.pool, statements, context=_acting_as(user_id), then=then, read_only=read_only, retry=retry
+            self.pool, statements, context=_acting_as(user_id), then=then, read_only=read_only, retry=retry,
+            budget=budget,
         )
 
     # -- reads ---------------------------------------------------------------------------
@@ -227,7 +233,7 @@ class CacheStore:
         if row is None:
             self.counters.miss(user_id, content_type)
             return None
-        return self._count_hit(user_id, row)
+        return self.count_hit(user_id, row)
 
     async def _read_batch(self, target: Target, triples: list[Triple]) -> list[tuple | None]:
         """One transaction for the triples of several requests (see batcher.py).
@@ -258,10 +264,10 @@ class CacheStore:
                 self.counters.miss(user_id, item.content_type)
                 results.append(None)
             else:
-                results.append(self._count_hit(user_id, row))
+                results.append(self.count_hit(user_id, row))
         return results
 
-    def _count_hit(self, user_id: uuid.UUID, row: Sequence) -> CacheEntry:
+    def count_hit(self, user_id: uuid.UUID, row: Sequence) -> CacheEntry:
         entry_key, entry = _entry(row)
         before = self.counters.hit(user_id, entry.content_type, entry_key, entry.token_count, entry.cost_usd)
         if before is not None:  # hits counted here but not yet flushed to the row
@@ -271,7 +277,7 @@ class CacheStore:
         return entry
 
     async def stats(self, user_id: uuid.UUID) -> StatsResponse:
-        (rows,) = await self._transaction(user_id, [(STATS, (user_id,))], read_only=True)
+        (rows,) = await self.run_as(user_id, [(STATS, (user_id,))], read_only=True)
         by_type = [
             ContentTypeStats(
                 content_type=ct, hits=h, misses=m, hit_rate=_rate(h, m), tokens_saved=t, cost_saved_usd=round(c, 6)
@@ -338,7 +344,7 @@ class CacheStore:
             return await self._write(user_id, statements)
 
     async def ensure_partitions(self, user_id: uuid.UUID) -> None:
-        await self._transaction(user_id, [("SELECT ensure_monthly_partitions(now())", None)])
+        await self.run_as(user_id, [("SELECT ensure_monthly_partitions(now())", None)])
 
     async def delete(self, actor: Actor, content_type: str, key: str) -> tuple[bool, str]:
         """Delete the entry; returns (a live entry was deleted, token)."""
@@ -361,7 +367,7 @@ class CacheStore:
         process then go to the primary for ``read_your_writes_s`` (even if the write failed:
         it may have committed before its answer was lost)."""
         try:
-            return await self._transaction(user_id, statements, retry=retry, then=WAL_POSITION)
+            return await self.run_as(user_id, statements, retry=retry, then=WAL_POSITION)
         finally:
             self.router.wrote(user_id)
 

@@ -11,12 +11,13 @@ from cachesvc import migrations
 from cachesvc.maintenance.partitions import AUDIT, CACHE, add_months, db_today, existing, month_start, partition_name
 from cachesvc.maintenance.runner import Run
 
-RLS_TABLES = (CACHE, AUDIT, "cache_access_stats")
+RLS_TABLES = (CACHE, AUDIT, "cache_access_stats", "cache_leases")
 EXPECTED_POLICIES = {
     CACHE: {"cache_app_read_rows", "cache_app_insert_own", "cache_app_update_own", "cache_app_delete_own",
             "cache_maintainer_all_rows"},
     AUDIT: {"cache_app_append_own", "cache_maintainer_all_rows"},
     "cache_access_stats": {"cache_app_own_rows", "cache_app_erase_own", "cache_maintainer_all_rows"},
+    "cache_leases": {"cache_app_own_rows", "cache_maintainer_all_rows"},
 }
 VIEWS = (
     "cache_performance_metrics",
