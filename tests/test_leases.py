@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from tests.harness import acting_as, as_service, as_user, cli, connect, http_client, metric, metric_sum
+from tests.harness import running_service, acting_as, as_service, as_user, cli, connect, http_client, metric
 
 LEASE_PATH = "/v1/leases/chapter/{key}"
 
@@ -33,8 +33,6 @@ def put(http, headers, key: str, content) -> None:
 @pytest.fixture(scope="module")
 def two_services(stack, tmp_path_factory):
     """Two service processes on one database: leases must hold across them."""
-    from tests.harness import running_service
-
     logs = tmp_path_factory.mktemp("leases")
     with running_service(stack, logs / "a.log") as a, running_service(stack, logs / "b.log") as b:
         yield a, b
