@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from tests.harness import running_service, acting_as, as_service, as_user, cli, connect, http_client, metric
+from tests.harness import acting_as, as_service, as_user, cli, connect, http_client, metric, running_service
 
 LEASE_PATH = "/v1/leases/chapter/{key}"
 
