@@ -51,10 +51,11 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def throwaway_stack(prefix: str = "cachesvc-test-") -> Iterator[LocalStack]:
-    """A started stack in a fresh directory, stopped and removed afterwards."""
+def throwaway_stack(prefix: str = "cachesvc-test-", **pg_conf: str) -> Iterator[LocalStack]:
+    """A started stack in a fresh directory (``pg_conf``: PostgreSQL settings over the
+    throwaway defaults), stopped and removed afterwards."""
     home = Path(tempfile.mkdtemp(prefix=prefix))
-    s = LocalStack.throwaway(home)
+    s = LocalStack.throwaway(home, **pg_conf)
     try:
         s.start()
         yield s

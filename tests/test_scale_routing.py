@@ -4,6 +4,7 @@ settings that keep the guarantees consistent."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from collections import deque
@@ -152,3 +153,54 @@ def test_inconsistent_replica_settings_are_refused(values, message):
 def test_the_read_dsn_is_masked_like_the_others():
     s = settings(read_database_url="postgresql://cachesvc_app:hunter2@standby:6432/cachesvc")
     assert "hunter2" not in s.describe()["CACHESVC_READ_DATABASE_URL"]
+
+
+# -- a standby that restarts: positions that go back, and reads that prove their freshness ----
+
+
+STARTED = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def caught_up(position: int = 1000) -> ReplicaMonitor:
+    """A monitor whose check just now found the standby at the primary's ``position``
+    (half a second earlier the primary was at ``position - 200``)."""
+    monitor = ReplicaMonitor(None, None, None, settings().replica)  # type: ignore[arg-type]
+    now = time.monotonic()
+    monitor.samples.extend([Sample(now - 0.5, position - 200), Sample(now - 0.01, position)])
+    assert monitor.proves(position, STARTED, now, floor=0)
+    assert monitor.usable() and monitor.high_water == position
+    return monitor
+
+
+def test_a_replay_position_that_goes_back_is_a_restart_and_the_replica_waits_until_caught_up():
+    monitor = caught_up(1000)
+    # Reopened behind (crash recovery from an older consistency point), same postmaster.
+    assert not monitor.proves(800, STARTED, time.monotonic(), floor=1000)
+    assert monitor.restarts == 1 and monitor.state() == "restarted" and not monitor.usable()
+    assert monitor.high_water == 1000 and monitor.replay_position == 800
+    assert not monitor.proves(900, STARTED, time.monotonic(), floor=monitor.high_water)
+    assert not monitor.usable() and monitor.state() == "restarted"  # replaying, still short of where it had been
+    assert monitor.proves(1000, STARTED, time.monotonic(), floor=1000)
+    assert monitor.usable() and monitor.state() == "ok" and monitor.restarts == 1
+
+
+def test_a_new_postmaster_is_a_restart_even_at_the_same_position():
+    monitor = caught_up(1000)
+    monitor.proves(1000, STARTED + dt.timedelta(seconds=5), time.monotonic(), floor=1000)
+    assert monitor.restarts == 1 and monitor.server_started_at == STARTED + dt.timedelta(seconds=5)
+
+
+def test_an_older_report_overtaken_by_a_newer_one_is_no_restart():
+    monitor = caught_up(1000)
+    asked_before = monitor.position_taken_at - 0.1  # a read that began before the check that saw 1000
+    assert monitor.proves(800, STARTED, asked_before, floor=800)  # fresh enough for what it had to prove
+    assert monitor.restarts == 0 and monitor.replay_position == 1000 and monitor.usable()
+    assert not monitor.proves(800, STARTED, asked_before, floor=1000)  # but not past a later floor
+
+
+def test_a_read_proves_nothing_beyond_the_lag_bound_or_without_a_position():
+    monitor = caught_up(1000)
+    assert not monitor.proves(None, None, time.monotonic(), floor=0)  # the server is not in recovery
+    monitor.samples.clear()
+    monitor.samples.append(Sample(time.monotonic() - 5, 1000))  # 1000 was the primary's 5 s ago
+    assert not monitor.proves(1000, STARTED, time.monotonic(), floor=1000)

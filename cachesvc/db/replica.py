@@ -14,6 +14,17 @@ so an idle pair shows no lag (``now() - pg_last_xact_replay_timestamp()`` grows 
 when nothing is written). Both positions are read as the service's login, through PgBouncer,
 on one connection to each server kept for the checks alone (``pools.create_check_pools``): a
 check never waits behind requests. Every function used is executable by PUBLIC.
+
+A restart of the standby can take it back in time: after a crash it reopens at its last
+restart point and replays forward from there, and behind PgBouncer the service may not even
+see a connection drop. So a replay position lower than one seen before, or a new postmaster
+start time, is a restart: the position seen before stays the replica's ``high_water``, and
+the replica is unusable until it has replayed that far again (and is within the lag bound).
+The checks alone cannot catch a restart that falls between two of them, so every read on the
+replica proves its own freshness (``proves``, called by cachesvc.db.routing): its transaction
+reads the standby's replay position before its data, and the read counts only if that
+position is at least ``high_water`` (every consistency token the router let through is at or
+below it) and within the lag bound now; otherwise it is run again on the primary.
 """
 
 from __future__ import annotations
@@ -43,6 +54,9 @@ REPLICA_POSITION = """
 SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() - '0/0'::pg_lsn,
        (SELECT system_identifier FROM pg_control_system()), pg_postmaster_start_time()
 """
+# The first statement of every read on the replica: where the standby is as the read runs.
+# (NULL on a server that is not in recovery: such a read proves nothing.)
+READ_POSITION = "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn, pg_postmaster_start_time()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +91,9 @@ class ReplicaMonitor:
         self.primary_id: int | None = None
         self.covered_at: float | None = None
         self.replay_position = 0
+        self.high_water = 0  # the furthest replay position seen: a restart must replay past it again
+        self.position_taken_at = 0.0  # when the check or read that reported replay_position began
+        self.restarts = 0
         self.server_started_at: dt.datetime | None = None  # the replica's postmaster start
         self.problem: str | None = None  # "down", "not_a_standby": skipped whatever its lag
         self.error: str | None = None
@@ -96,13 +113,30 @@ class ReplicaMonitor:
 
     def usable(self, now: float | None = None) -> bool:
         stale = self.staleness(now)
-        return self.problem is None and stale is not None and stale <= self.max_lag_s
+        return (self.problem is None and stale is not None and stale <= self.max_lag_s
+                and self.replay_position >= self.high_water)
+
+    def proves(self, position: int | None, started: dt.datetime | None, taken_at: float, floor: int) -> bool:
+        """Whether a read begun at ``taken_at``, when ``high_water`` was ``floor``, that found
+        the standby at ``position`` (its postmaster started at ``started``) is fresh enough: at
+        or past ``floor`` (so past every token let through before it began), and within the lag
+        bound now. A position that shows a restart is taken in (the replica turns unusable
+        until it has caught up)."""
+        if position is None:
+            return False
+        self._observe(int(position), started, taken_at)
+        if position < floor:
+            return False
+        covered = covered_since(self.samples, position)
+        return covered is not None and time.monotonic() - covered <= self.max_lag_s
 
     def state(self, now: float | None = None) -> str:
         if self.problem is not None:
             return self.problem
         if self.covered_at is None:
             return "unchecked"
+        if self.replay_position < self.high_water:
+            return "restarted"
         return "ok" if self.usable(now) else "lagging"
 
     def lag(self) -> tuple[float | None, int | None]:
@@ -124,6 +158,7 @@ class ReplicaMonitor:
             "lagBytes": behind,
             "maxLagSeconds": self.max_lag_s,
             "replayLsn": format_lsn(self.replay_position) if self.replay_position else None,
+            "restarts": self.restarts,
         }
         if self.error:
             body["error"] = self.error
@@ -163,6 +198,7 @@ class ReplicaMonitor:
         await self._sample_primary()
         if time.monotonic() < self.retry_at:
             return
+        taken_at = time.monotonic()
         try:
             in_recovery, replayed, system_id, started = await self._bounded(
                 _one_row(self.replica, REPLICA_POSITION, self.timeout_s), self.timeout_s
@@ -175,7 +211,7 @@ class ReplicaMonitor:
             return
         if self.problem == "down":
             await self._renew_read_connections()
-        self._replayed(int(replayed), started)
+        self._replayed(int(replayed), started, taken_at)
 
     async def _renew_read_connections(self) -> None:
         """Back from down: connections the request pool holds to a restarted replica or
@@ -200,12 +236,32 @@ class ReplicaMonitor:
         while self.samples and self.samples[0].at < horizon:
             self.samples.popleft()
 
-    def _replayed(self, position: int, started: dt.datetime) -> None:
+    def _replayed(self, position: int, started: dt.datetime, taken_at: float) -> None:
         if self.problem is not None:
             log.info("read replica available again", extra={"fields": {"was": self.problem}})
         self.problem, self.error, self.failures = None, None, 0
-        self.replay_position = position
-        self.server_started_at = started
+        self._observe(position, started, taken_at)
+
+    def _observe(self, position: int, started: dt.datetime | None, taken_at: float) -> None:
+        """Take in a replay position the standby reported (by a check or by a read), asked for
+        at ``taken_at``. Reports of concurrent checks and reads may arrive out of order: a lower
+        position is a restart only when it was asked for after the one it is lower than."""
+        if position < self.replay_position and taken_at < self.position_taken_at:
+            return  # an older report overtaken by a newer one
+        restarted = position < self.replay_position or (
+            started is not None and self.server_started_at is not None and started != self.server_started_at
+        )
+        if restarted:
+            self.restarts += 1
+            log.warning(
+                "read replica restarted; unusable until it has replayed past %s again", format_lsn(self.high_water),
+                extra={"fields": {"replayLsn": format_lsn(position), "highWater": format_lsn(self.high_water)}},
+            )
+            self.covered_at = None  # measured afresh from this position
+        self.replay_position, self.position_taken_at = position, taken_at
+        self.high_water = max(self.high_water, position)
+        if started is not None:
+            self.server_started_at = started
         covered = covered_since(self.samples, position)
         if covered is not None and (self.covered_at is None or covered > self.covered_at):
             self.covered_at = covered

@@ -19,7 +19,11 @@ slow or busy replica is left to the monitor's checks, which have connections of 
 
 The choice is made once per read, by ``ReadRouter.choose``, and travels with it (a coalesced
 read joins the batch of its server); ``Reads.run`` then runs the read there through the one
-transaction runner, and goes to the primary only when the replica fails it.
+transaction runner, and goes to the primary when the replica has turned unusable meanwhile,
+fails the read, or cannot prove it fresh: every read on the replica reads the standby's replay
+position first, in the same round trip, and counts only if that position is past every
+consistency token let through and within the lag bound (replica.py), so that a standby that
+restarted behind PgBouncer, back in time, is never read as if it were current.
 
 Writes, erase, statistics and the counter flushes never come here: they use the primary's pool.
 """
@@ -39,7 +43,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.db.bounded import Bounded
 from cachesvc.db.errors import connection_lost
-from cachesvc.db.replica import ReplicaMonitor
+from cachesvc.db.replica import READ_POSITION, ReplicaMonitor
 from cachesvc.db.transaction import Budget, Statement, Transactions
 from cachesvc.settings import ReplicaSettings
 
@@ -126,11 +130,18 @@ class ReadRouter:
 
     async def run(self, target: Target, attempt: Callable[[Target], Awaitable[T]]) -> T:
         """``attempt(target)``, as chosen; on the replica bounded by ``replica_timeout_s``, and
-        run again on the primary if the replica fails."""
+        run again on the primary if the replica fails or cannot prove the read fresh. A read
+        chosen for the replica that starts (a coalesced read waits for a lane) once the replica
+        is no longer usable goes to the primary instead."""
+        if target is Target.REPLICA and not self.monitor.usable(self.clock()):
+            self.routes[(Target.PRIMARY.value, "replica_unusable_at_start")] += 1
+            target = Target.PRIMARY
         if target is Target.PRIMARY:
             return await attempt(Target.PRIMARY)
         try:
             return await self._bounded(attempt(Target.REPLICA), self.timeout_s)
+        except StaleRead:
+            self.fallbacks["StaleRead"] += 1
         except psycopg.Error as exc:  # PoolTimeout and DatabaseTimeout are OperationalErrors too
             if _replica_gone(exc):
                 self.monitor.mark_failed(exc)
@@ -159,11 +170,34 @@ class Reads:
         failure is run again on the primary instead."""
 
         def attempt(on: Target) -> Awaitable[list[list[tuple]]]:
+            if on is Target.REPLICA:
+                return self._on_replica(statements, context, budget)
             return self.transactions.run(
-                self.pools[on], statements, context=context, read_only=True, retry=on is Target.PRIMARY, budget=budget
+                self.pools[on], statements, context=context, read_only=True, retry=True, budget=budget
             )
 
         return await self.router.run(target, attempt)
+
+    async def _on_replica(
+        self, statements: Sequence[Statement], context: Sequence[tuple[str, str]], budget: Budget | None,
+    ) -> list[list[tuple]]:
+        """The read on the replica, proving its freshness (replica.py): the standby's replay
+        position is read first, in the same transaction and round trip; a read it does not
+        prove fresh raises StaleRead (and is run again on the primary)."""
+        monitor = self.router.monitor
+        taken_at, floor = time.monotonic(), monitor.high_water
+        position, *results = await self.transactions.run(
+            self.pools[Target.REPLICA], [(READ_POSITION, None), *statements], context=context, read_only=True,
+            retry=False, budget=budget,
+        )
+        (replayed, started), = position
+        if not monitor.proves(replayed, started, taken_at, floor):
+            raise StaleRead(f"the replica answered at {replayed}, short of {floor} or beyond the lag bound")
+        return results
+
+
+class StaleRead(Exception):
+    """A read on the replica that its replay position does not prove fresh enough."""
 
 
 def _replica_gone(exc: psycopg.Error) -> bool:
