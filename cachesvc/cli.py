@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import sys
 import uuid
@@ -65,6 +66,9 @@ def cmd_dev(args, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         stack.start(log=lambda msg: error(msg))
+        if args.standby:  # a fresh copy each start: the dev database is small
+            shutil.rmtree(home / "standby", ignore_errors=True)
+            stack.start_standby(log=lambda msg: error(msg))
         feature_tables = features_cli.dev_demo(stack.url(localstack.SUPERUSER), settings.features.schema, error)
         secret = settings.jwt_secret or stack.jwt_secret  # a configured one, else this home's random one
         env = stack.env() | {
@@ -85,6 +89,7 @@ def cmd_dev(args, settings: Settings) -> int:
 cachesvc development stack is up.
   service          {url}   (try: curl {url}/healthz)
   through PgBouncer {stack.url('cachesvc_app')}
+  read replica     {stack.url('cachesvc_app', standby=True) if args.standby else '(none: scripts/dev --standby starts a hot standby)'}
   direct (admin)   {stack.url(localstack.SUPERUSER)}
   JWT secret       {secret}
                    (random, kept in {home / localstack.JWT_SECRET_FILE} unless CACHESVC_JWT_SECRET is set)
@@ -201,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("dev", help="start the embedded PostgreSQL + PgBouncer stack and the service")
+    p.add_argument("--standby", action="store_true",
+                   help="also a hot standby of it behind its own PgBouncer, as the service's read replica (docs/scaling.md)")
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("pgbouncer", help="PgBouncer configuration")

@@ -448,10 +448,10 @@ def dev_env(home: Path) -> dict[str, str]:
     }
 
 
-def start_dev(env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`scripts/dev` started, once its service answers /healthz (killed if it never does)."""
+def start_dev(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    """`scripts/dev [args]` started, once its service answers /healthz (killed if it never does)."""
     with open(log, "wb") as stderr:  # the child keeps its own descriptor
-        proc = subprocess.Popen([str(DEV)], env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=PROJECT_ROOT)
+        proc = subprocess.Popen([str(DEV), *args], env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=PROJECT_ROOT)
     healthz = f"http://127.0.0.1:{env['CACHESVC_PORT']}/healthz"
 
     def alive() -> bool:

@@ -98,3 +98,24 @@ def test_dev_never_touches_a_postgres_it_did_not_start(dev_home, tmp_path):
         assert foreign.proc.poll() is None  # still running, untouched
     finally:
         foreign.stop()
+
+
+def test_dev_with_a_standby_reads_from_it_and_stops_it(dev_home, tmp_path):
+    """`scripts/dev --standby`: the Scaling section's setup with the README's run command."""
+    env = dev_env(dev_home)
+    log = tmp_path / "dev-standby.log"
+    proc = start_dev(env, log, "--standby")
+    base = f"http://127.0.0.1:{env['CACHESVC_PORT']}"
+    try:
+        replica = wait_until(lambda: get(base + "/readyz")[1]["replica"], 30, "the standby in use",
+                             until=lambda r: r.get("state") == "ok")
+        assert replica["configured"] is True
+        assert re.search(r"read replica\s+postgresql://cachesvc_app:\S+@127\.0\.0\.1:\d+/cachesvc", log.read_text())
+        standby_pg = int((dev_home / "standby" / "pgdata" / "postmaster.pid").read_text().split()[0])
+        standby_bouncer = int((dev_home / "standby" / "pgbouncer" / "pgbouncer.pid").read_text().strip())
+        pids = server_pids(dev_home) + [standby_pg, standby_bouncer]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, log.read_text()
+    assert wait_gone(pids), "a server outlived scripts/dev --standby"

@@ -4,6 +4,7 @@ settings that keep the guarantees consistent."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import uuid
@@ -11,6 +12,7 @@ from collections import deque
 
 import pytest
 
+from cachesvc.cache.batcher import ReadBatcher
 from cachesvc.db.lsn import format_lsn, parse_lsn
 from cachesvc.db.replica import ReplicaMonitor, Sample, covered_since
 from cachesvc.db.routing import ReadRouter, RecentWriters, Target
@@ -204,3 +206,35 @@ def test_a_read_proves_nothing_beyond_the_lag_bound_or_without_a_position():
     monitor.samples.clear()
     monitor.samples.append(Sample(time.monotonic() - 5, 1000))  # 1000 was the primary's 5 s ago
     assert not monitor.proves(1000, STARTED, time.monotonic(), floor=1000)
+
+
+def test_reads_waiting_on_a_failed_replica_are_handed_to_the_primary_at_once():
+    """Queued behind a replica batch that hangs, or inside it: once the replica is known to have
+    failed, every one of them is answered by the primary, without waiting for the timeout."""
+
+    async def run() -> tuple[int, list, int]:
+        hang = asyncio.Event()
+
+        async def on_replica(triples):
+            await hang.wait()
+            return [("replica", t) for t in triples]
+
+        async def on_primary(triples):
+            return [("primary", t) for t in triples]
+
+        replica, primary = ReadBatcher(on_replica, lanes=1), ReadBatcher(on_primary, lanes=1)
+        user = uuid.uuid4()
+        reads = [asyncio.create_task(replica.fetch([(user, "chapter", f"k{i}")])) for i in range(5)]
+        await asyncio.sleep(0.01)
+        waiting = (len(replica.running), len(replica.pending))
+        moved = replica.divert_to(primary)
+        async with asyncio.timeout(1):
+            results = await asyncio.gather(*reads)
+        hang.set()  # the hung batch ends late: its answers are dropped, each read has one already
+        await asyncio.sleep(0.01)
+        return moved, results, waiting
+
+    moved, results, waiting = asyncio.run(run())
+    assert waiting == (1, 4)  # one batch in flight (the first read), the other four queued
+    assert moved == 5
+    assert [rows[0] for rows in results] == [("primary", (rows[0][1][0], "chapter", f"k{i}")) for i, rows in enumerate(results)]

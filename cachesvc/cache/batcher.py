@@ -31,15 +31,29 @@ class ReadBatcher:
         self.lanes = lanes
         self.max_items = max_items
         self.pending: deque[tuple[Sequence[Triple], asyncio.Future]] = deque()
+        self.running: list[list[tuple[Sequence[Triple], asyncio.Future]]] = []  # batches in flight
         self.inflight = 0
         self.batches = 0
         self.coalesced = 0  # requests that shared a batch with another
 
     async def fetch(self, triples: Sequence[Triple]) -> Rows:
+        return await self._enqueue(triples)
+
+    def _enqueue(self, triples: Sequence[Triple]) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self.pending.append((triples, future))
         self._start()
-        return await future
+        return future
+
+    def divert_to(self, other: ReadBatcher) -> int:
+        """Hand every read still waiting here, queued or in a batch still running, to ``other``
+        (its server failed: the reads need not wait for its timeout); returns how many. Each
+        read takes whichever answer comes first, the other's or a late one from here."""
+        waiting = [r for r in (*self.pending, *(r for batch in self.running for r in batch)) if not r[1].done()]
+        self.pending.clear()
+        for triples, future in waiting:
+            other._enqueue(triples).add_done_callback(lambda answer, future=future: _settle(future, answer))
+        return len(waiting)
 
     def _start(self) -> None:
         while self.pending and self.inflight < self.lanes:
@@ -59,6 +73,7 @@ class ReadBatcher:
             asyncio.ensure_future(self._run(batch))
 
     async def _run(self, batch: list[tuple[Sequence[Triple], asyncio.Future]]) -> None:
+        self.running.append(batch)
         try:
             rows = await self.run([t for triples, _ in batch for t in triples])
             at = 0
@@ -73,5 +88,16 @@ class ReadBatcher:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            self.running.remove(batch)
             self.inflight -= 1
             self._start()
+
+
+def _settle(future: asyncio.Future, answer: asyncio.Future) -> None:
+    """``future`` takes ``answer``'s outcome, unless it already has one."""
+    if future.done() or answer.cancelled():
+        return
+    if (exc := answer.exception()) is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(answer.result())

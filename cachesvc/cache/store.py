@@ -206,6 +206,9 @@ class CacheStore:
             {t: ReadBatcher(functools.partial(self._read_batch, t), settings.read_lanes) for t in Target}
             if settings.read_lanes > 0 else {}
         )
+        if self.router.monitor is not None and self.batchers:
+            # A failed replica hands the reads still waiting for it to the primary at once.
+            self.router.monitor.on_unusable.append(self._divert_replica_reads)
 
     async def run_as(
         self, user_id: uuid.UUID, statements: list[tuple[str, object]], *, retry: bool = True,
@@ -234,6 +237,10 @@ class CacheStore:
             self.counters.miss(user_id, content_type)
             return None
         return self.count_hit(user_id, row)
+
+    def _divert_replica_reads(self) -> None:
+        moved = self.batchers[Target.REPLICA].divert_to(self.batchers[Target.PRIMARY])
+        self.router.routes[(Target.PRIMARY.value, "replica_failed_while_waiting")] += moved
 
     async def _read_batch(self, target: Target, triples: list[Triple]) -> list[tuple | None]:
         """One transaction for the triples of several requests (see batcher.py).

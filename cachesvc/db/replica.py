@@ -34,6 +34,7 @@ import datetime as dt
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
@@ -101,6 +102,7 @@ class ReplicaMonitor:
         self.failures = 0
         self.retry_at = 0.0
         self.checks = 0
+        self.on_unusable: list[Callable[[], None]] = []  # called when the replica fails or restarts
         self._bounded = Bounded()
 
     # -- what the router asks ------------------------------------------------------------
@@ -172,13 +174,20 @@ class ReplicaMonitor:
         now = time.monotonic()
         if self.problem == "down" and now < self.retry_at:
             return
-        if self.problem != "down":
+        was_down = self.problem == "down"
+        if not was_down:
             log.warning("read replica unavailable, reading from the primary: %s: %s", type(exc).__name__, exc)
         self.problem = "down"
         self.error = f"{type(exc).__name__}: {exc}".strip()
         self.covered_at = None  # whatever comes back is measured afresh
         self.failures += 1
         self.retry_at = now + min(self.interval_s * 2 ** (self.failures - 1), MAX_BACKOFF_S)
+        if not was_down:
+            self._unusable()
+
+    def _unusable(self) -> None:
+        for callback in self.on_unusable:
+            callback()
 
     # -- checking --------------------------------------------------------------------------
 
@@ -258,6 +267,7 @@ class ReplicaMonitor:
                 extra={"fields": {"replayLsn": format_lsn(position), "highWater": format_lsn(self.high_water)}},
             )
             self.covered_at = None  # measured afresh from this position
+            self._unusable()
         self.replay_position, self.position_taken_at = position, taken_at
         self.high_water = max(self.high_water, position)
         if started is not None:
