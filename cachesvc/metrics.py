@@ -36,6 +36,8 @@ class PoolCollector:
         yield CounterMetricFamily("cachesvc_reads_coalesced", "read requests answered together with others",
                                   value=sum(b.coalesced for b in batchers))
         yield from self._replica()
+        if self.metrics.bouncer is not None:
+            yield from self.metrics.bouncer.collect()
         features = self.metrics.features
         if features is not None:
             status = features.readiness.status()
@@ -122,6 +124,7 @@ class Metrics:
         self.batchers: list = []  # the store's ReadBatchers, when reads are coalesced
         self.router: ReadRouter | None = None
         self.features = None  # the FeatureService, once open
+        self.bouncer = None  # PgBouncer's figures (cachesvc.db.bouncer), with a monitor DSN
         self.requests = Histogram(
             "cachesvc_request_duration_seconds", "HTTP request latency", ["route", "method", "status"],
             buckets=LATENCY_BUCKETS, registry=self.registry,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -90,3 +91,29 @@ def test_metrics_report_warm_up_read_batches_and_the_pool(service, tokens):
     assert moved == {"cachesvc_read_batches_total": 3, "cachesvc_reads_coalesced_total": 0}
     in_use, size = (metric(after, name, {"pool": "primary"}) for name in ("cachesvc_pool_in_use", "cachesvc_pool_max"))
     assert 0 <= in_use <= size
+
+
+def test_metrics_export_pgbouncers_pools_and_stats(service, tokens, stack):
+    """SHOW POOLS / SHOW STATS of the service's PgBouncer, read as its stats user at scrape time."""
+    before = metrics_text(service)
+    assert metric(before, "cachesvc_pgbouncer_up") == 1
+    h = {"Authorization": f"Bearer {tokens(uuid.uuid4())}"}
+    with http_client(service, timeout=10, headers=h) as http:
+        for i in range(5):
+            assert http.put(f"/v1/cache/chapter/bouncer-{i}", json={"content": i}).status_code == 201
+    after = metrics_text(service)
+    app = {"database": "cachesvc"}
+    assert metric(after, "cachesvc_pgbouncer_transactions_total", app) >= metric(before, "cachesvc_pgbouncer_transactions_total", app) + 5
+    assert metric(after, "cachesvc_pgbouncer_pool_cl_waiting", app | {"user": "cachesvc_app"}) >= 0
+    assert metric(after, "cachesvc_pgbouncer_pool_sv_idle", app | {"user": "cachesvc_app"}) >= 1
+
+
+def test_pgbouncer_down_is_reported_not_fatal(stack, start_service):
+    """A monitor DSN PgBouncer refuses (a wrong password): /metrics answers, with up = 0."""
+    url = urlsplit(stack.url("cachesvc_monitor"))
+    wrong = urlunsplit(url._replace(netloc=f"{url.username}:not-the-password@{url.hostname}:{url.port}"))
+    service = start_service(stack, monitor_database_url=wrong)
+    text = metrics_text(service)
+    assert metric(text, "cachesvc_pgbouncer_up") == 0
+    assert "cachesvc_pgbouncer_pool_cl_active" not in text
+    assert metric(text, "cachesvc_ready") == 1

@@ -108,7 +108,10 @@ async def openapi_document(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    return Response(context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    metrics = context(request).metrics
+    if metrics.bouncer is not None:
+        await metrics.bouncer.refresh()  # SHOW POOLS / SHOW STATS, now
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def route(path: str, *, template: str | None = None, **handlers) -> Route:

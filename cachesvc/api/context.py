@@ -33,6 +33,7 @@ from cachesvc.cache.counters import Counters
 from cachesvc.cache.leases import Leases
 from cachesvc.cache.store import CacheStore
 from cachesvc.db import bounded
+from cachesvc.db.bouncer import BouncerStats, console_url
 from cachesvc.db.pools import create_check_pools, create_pool, create_read_pool, open_pool
 from cachesvc.db.replica import ReplicaMonitor
 from cachesvc.db.routing import ReadRouter
@@ -219,6 +220,9 @@ async def open_context(
         stack.push_async_callback(features.flush_hot_keys)  # before the counters, after the loops stop
         metrics.watch(pool, read_pool, counters, store.batchers.values(), router)
         metrics.features = features
+        if settings.database.monitor_database_url and settings.database.behind_pgbouncer:
+            metrics.bouncer = BouncerStats(console_url(settings.database.monitor_database_url))
+            stack.push_async_callback(metrics.bouncer.close)
         after_step("features")
 
         document = openapi.document_bytes(settings.max_ttl_s, list(features.catalog.tables))
