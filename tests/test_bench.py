@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import py_compile
+import subprocess
+import sys
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -52,3 +55,28 @@ def test_an_open_loop_meets_its_target_only_at_its_rate_and_without_errors():
 
 def test_locustfile_compiles():
     py_compile.compile(str(PROJECT_ROOT / "tests" / "load" / "locustfile.py"), doraise=True)
+
+
+def test_cpu_of_a_server_counts_its_ended_and_living_children():
+    """cachesvc.bench.cpu: a PostgreSQL-like tree whose backends come and go is charged in full."""
+    from cachesvc.bench import cpu
+
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, sys, time\n"
+                               f"subprocess.run([sys.executable, '-c', {burn!r}])\n"  # a child that ends, waited for
+                               f"child = subprocess.Popen([sys.executable, '-c', {burn!r} + 'time.sleep(30)'])\n"
+                               "print('ready', flush=True)\n"
+                               "time.sleep(30)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        with cpu.measured({"server": parent.pid}) as used:
+            assert parent.stdout.readline().strip() == "ready"
+            time.sleep(0.5)  # the living child burns its 0.3 s meanwhile
+        assert used["server"] >= 0.5, used  # both children's 0.3 s (minus clock-tick rounding)
+        assert cpu.per_request(used, 10)["server"] == round(used["server"] * 100, 3)
+    finally:
+        subprocess.run(["pkill", "-P", str(parent.pid)])
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 
 from cachesvc import auth
-from cachesvc.bench import loadgen
+from cachesvc.bench import cpu, loadgen
 from cachesvc.bench.ceiling import pgbench_ceiling
 from cachesvc.bench.report import say
 from cachesvc.bench.wrk import wrk
@@ -133,6 +133,18 @@ def seed_scale(stack: LocalStack, target: int = 10_000_000) -> None:
         conn.execute("VACUUM ANALYZE infinite_pages_cache_partitioned")
 
 
+def components(stack: LocalStack, service: Service) -> dict[str, int]:
+    """The server processes whose CPU a run is charged: the service, PgBouncer, PostgreSQL."""
+    return {"service": service.proc.pid, "pgbouncer": stack.bouncer.proc.pid, "postgres": stack.postgres.proc.pid}
+
+
+def with_cpu(stack: LocalStack, service: Service, run) -> dict:
+    """``run()``'s summary, with the server CPU per request of each component (``cpuMsPerRequest``)."""
+    with cpu.measured(components(stack, service)) as used:
+        summary = run()
+    return summary | {"cpu_ms_per_request": cpu.per_request(used, summary.get("requests") or 0)}
+
+
 def measure(*, seconds: int, clients: int, rates: list[int], scale: bool, feature_tables: int, feature_rows: int) -> dict:
     """Every figure of the benchmark, by name (see the module docstring), on a stack of its own."""
     home = Path(tempfile.mkdtemp(prefix="cachesvc-bench-"))
@@ -153,18 +165,19 @@ def measure(*, seconds: int, clients: int, rates: list[int], scale: bool, featur
             say(f"ceiling: pgbench, {clients} clients, {seconds}s")
             results["ceiling"] = pgbench_ceiling(stack, home, clients, seconds, USERS, int(KEYS_PER_USER / 0.8))
             say(f"service GET closed loop, {clients} connections, {seconds}s")
-            results["get_closed"] = wrk(service.port, gets, home, clients, seconds) or asyncio.run(
-                loadgen.closed_loop("127.0.0.1", service.port, gets, seconds, clients)).summary()
+            results["get_closed"] = with_cpu(stack, service, lambda: wrk(service.port, gets, home, clients, seconds) or asyncio.run(
+                loadgen.closed_loop("127.0.0.1", service.port, gets, seconds, clients)).summary())
             for rate in rates:
                 say(f"service GET open loop at {rate} req/s")
-                results[f"get_open_{rate}"] = asyncio.run(
-                    loadgen.open_loop("127.0.0.1", service.port, gets, rate, seconds)).summary()
+                results[f"get_open_{rate}"] = with_cpu(stack, service, lambda rate=rate: asyncio.run(
+                    loadgen.open_loop("127.0.0.1", service.port, gets, rate, seconds)).summary())
             puts = put_requests(secret, service.port)
             say("service PUT closed loop")
-            results["put_closed"] = wrk(service.port, puts, home, clients, seconds) or asyncio.run(
-                loadgen.closed_loop("127.0.0.1", service.port, puts, seconds, clients)).summary()
+            results["put_closed"] = with_cpu(stack, service, lambda: wrk(service.port, puts, home, clients, seconds) or asyncio.run(
+                loadgen.closed_loop("127.0.0.1", service.port, puts, seconds, clients)).summary())
             say("service PUT open loop at 300 req/s")
-            results["put_open_300"] = asyncio.run(loadgen.open_loop("127.0.0.1", service.port, puts, 300, seconds)).summary()
+            results["put_open_300"] = with_cpu(stack, service, lambda: asyncio.run(
+                loadgen.open_loop("127.0.0.1", service.port, puts, 300, seconds)).summary())
         finally:
             service.stop()
         if feature_tables:
@@ -177,8 +190,8 @@ def measure(*, seconds: int, clients: int, rates: list[int], scale: bool, featur
             for n_keys in (1, 10) if feature_tables else ():
                 say(f"feature lookup over {feature_tables} tables, {n_keys} key(s), open loop at 200 req/s")
                 reqs = feature_requests(secret, service.port, n_keys, feature_rows)
-                results[f"features_{n_keys}key_200"] = asyncio.run(
-                    loadgen.open_loop("127.0.0.1", service.port, reqs, 200, seconds)).summary()
+                results[f"features_{n_keys}key_200"] = with_cpu(stack, service, lambda reqs=reqs: asyncio.run(
+                    loadgen.open_loop("127.0.0.1", service.port, reqs, 200, seconds)).summary())
             if scale:
                 say("seeding to 10M rows (this takes a while)")
                 seed_scale(stack)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = measure(seconds=args.seconds, clients=args.clients, rates=[int(r) for r in args.rates.split(",")],
                       scale=args.scale, feature_tables=args.feature_tables, feature_rows=args.feature_rows)
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[tuple[str, str, str, str]] = []  # measurement, throughput, latency, target (+ CPU, below)
     ceiling = results["ceiling"]["tps"]
     get_rps = results["get_closed"]["rps"]
     rows.append(("ceiling: pgbench, the service's GET transaction through PgBouncer",
@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     p300 = results["put_open_300"]
     rows.append(("service PUT, open loop at 300 req/s", f"{p300['rps']:,.0f} req/s",
                  f"p50 {p300['p50_ms']} ms, p99 {p300['p99_ms']} ms, p99.9 {p300['p999_ms']} ms", target_cell(p300)))
-    table = ("| measurement | throughput | latency | target |\n| --- | --- | --- | --- |\n"
-             + "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in rows))
+    cpu_cells = {label: cpu_cell(results, label) for label, *_ in rows}
+    table = ("| measurement | throughput | latency | target | server CPU per request: service / PgBouncer / PostgreSQL |\n"
+             "| --- | --- | --- | --- | --- |\n"
+             + "".join(f"| {a} | {b} | {c} | {d} | {cpu_cells[a]} |\n" for a, b, c, d in rows))
     missed = [name for name, value in results.items() if value.get("target_met") is False]
     verdict = (f"Targets: every open loop kept at least {loadgen.RATE_KEPT:.0%} of its scheduled rate without errors."
                if not missed else f"Targets missed: {'; '.join(missed)}.")
@@ -79,6 +81,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     say(f"wrote {args.out}")
     return 0
+
+
+LABEL_KEYS = {  # table label prefix -> results key whose CPU it shows
+    "service GET, closed loop": "get_closed", "service PUT, closed loop": "put_closed",
+    "service PUT, open loop at 300": "put_open_300",
+}
+
+
+def cpu_cell(results: dict, label: str) -> str:
+    """``service / PgBouncer / PostgreSQL`` CPU ms per request of the run behind ``label``."""
+    key = next((k for prefix, k in LABEL_KEYS.items() if label.startswith(prefix)), None)
+    if key is None and label.startswith("service GET, open loop at "):
+        rate, _, rest = label.removeprefix("service GET, open loop at ").partition(" req/s")
+        key = f"get_open_{rate}" + ("_10m" if "10M" in rest else "")
+    elif key is None and label.startswith("feature lookup"):
+        key = "features_1key_200" if ", 1 key(s)" in label else "features_10key_200"
+    split = results.get(key, {}).get("cpu_ms_per_request") if key else None
+    if not split:
+        return ""
+    return " / ".join(f"{split[name]:.3f}" for name in ("service", "pgbouncer", "postgres")) + " ms"
 
 
 def target_cell(summary: dict) -> str:

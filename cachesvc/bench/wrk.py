@@ -41,5 +41,5 @@ def wrk(port: int, requests: list[bytes], home: Path, connections: int, seconds:
     if line is None:
         raise RuntimeError(f"wrk failed: {out.stdout}{out.stderr}")
     data = json.loads(line[5:])
-    return {"rps": round(data["requests"] / data["seconds"], 1), "p50_ms": round(data["p50"], 3),
+    return {"requests": data["requests"], "rps": round(data["requests"] / data["seconds"], 1), "p50_ms": round(data["p50"], 3),
             "p99_ms": round(data["p99"], 3), "errors": data["errors"], "non2xx": data["non2xx"]}
