@@ -132,6 +132,15 @@ class Metrics:
         self.cache_lookups = Counter(
             "cachesvc_cache_lookups_total", "cache reads by result", ["content_type", "result"], registry=self.registry
         )
+        self.semantic_lookups = Counter(
+            "cachesvc_semantic_lookups_total",
+            "similarity searches (POST /v1/cache/{contentType}/similar) by result: hit (an entry within maxDistance), miss",
+            ["content_type", "result"], registry=self.registry,
+        )
+        self.semantic_unavailable = Counter(
+            "cachesvc_semantic_unavailable_total",
+            "semantic requests answered 501 semantic_unavailable (the database has no pgvector)", registry=self.registry,
+        )
         self.db_errors = Counter(
             "cachesvc_db_errors_total", "database errors by kind", ["kind"], registry=self.registry
         )
@@ -179,6 +188,9 @@ class Metrics:
 
     def lookup(self, content_type: str, hit: bool) -> None:
         self.cache_lookups.labels(self.content_type_label(content_type), "hit" if hit else "miss").inc()
+
+    def semantic_lookup(self, content_type: str, hit: bool) -> None:
+        self.semantic_lookups.labels(self.content_type_label(content_type), "hit" if hit else "miss").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

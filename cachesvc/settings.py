@@ -1,7 +1,7 @@
 """The one settings object, read once from ``CACHESVC_*`` environment variables.
 
 ``Settings`` holds the service's own settings and one group per part with settings of its
-own (``database``, ``replica``, ``features``, ``pgbouncer``, ``dev``, ``maintenance``); a
+own (``database``, ``replica``, ``features``, ``semantic``, ``pgbouncer``, ``dev``, ``maintenance``); a
 part's constructor takes its group only. Every setting is read from the variable it names
 (``env_name``), so grouping changed no variable. ``docs/settings.md`` is rendered from the
 same fields (cachesvc.settings_doc).
@@ -200,6 +200,32 @@ class FeatureSettings:
             raise SettingsError(f"{PREFIX}FEATURES_WARMUP_* and {PREFIX}FEATURES_READY_LATENCY_MS must not be negative")
 
 
+# Cosine distance runs from 0 (same direction) to 2 (opposite).
+MAX_COSINE_DISTANCE = 2.0
+# pgvector's `vector` holds at most 16,000 dimensions.
+MAX_EMBEDDING_DIM = 16_000
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticSettings:
+    """The semantic cache: embeddings stored with entries, and the similarity search over a
+    user's own entries (cachesvc.cache.store; docs/semantic.md)."""
+
+    embedding_dim: int = _setting(
+        1536, env="EMBEDDING_DIM", help="numbers in every embedding (PUT and POST …/similar); others are a 400"
+    )
+    max_distance: float = _setting(
+        0.1, env="SIMILARITY_MAX_DISTANCE",
+        help="default maxDistance of POST /v1/cache/{contentType}/similar: the largest cosine distance (0-2) that is a match",
+    )
+
+    def validate(self) -> None:
+        if not 1 <= self.embedding_dim <= MAX_EMBEDDING_DIM:
+            raise SettingsError(f"{PREFIX}EMBEDDING_DIM must be between 1 and {MAX_EMBEDDING_DIM}")
+        if not 0 <= self.max_distance <= MAX_COSINE_DISTANCE:
+            raise SettingsError(f"{PREFIX}SIMILARITY_MAX_DISTANCE must be between 0 and {MAX_COSINE_DISTANCE:g}")
+
+
 @dataclass(frozen=True, slots=True)
 class PgBouncerSettings:
     """What ``cachesvc pgbouncer-config`` renders into pgbouncer.ini (cachesvc.pgbouncer)."""
@@ -275,6 +301,7 @@ class Settings:
     database: DatabaseSettings = _group(DatabaseSettings, "database")
     replica: ReplicaSettings = _group(ReplicaSettings, "read replica")
     features: FeatureSettings = _group(FeatureSettings, "feature read path")
+    semantic: SemanticSettings = _group(SemanticSettings, "semantic cache")
     pgbouncer: PgBouncerSettings = _group(PgBouncerSettings, "PgBouncer")
     dev: DevSettings = _group(DevSettings, "local stack")
     maintenance: MaintenanceSettings = _group(MaintenanceSettings, "maintenance")

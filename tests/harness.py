@@ -51,11 +51,11 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def throwaway_stack(prefix: str = "cachesvc-test-", **pg_conf: str) -> Iterator[LocalStack]:
-    """A started stack in a fresh directory (``pg_conf``: PostgreSQL settings over the
-    throwaway defaults), stopped and removed afterwards."""
+def throwaway_stack(prefix: str = "cachesvc-test-", *, bindir: Path | None = None, **pg_conf: str) -> Iterator[LocalStack]:
+    """A started stack in a fresh directory (``bindir``: a server other than the default;
+    ``pg_conf``: PostgreSQL settings over the throwaway defaults), stopped and removed afterwards."""
     home = Path(tempfile.mkdtemp(prefix=prefix))
-    s = LocalStack.throwaway(home, **pg_conf)
+    s = LocalStack.throwaway(home, bindir=bindir, **pg_conf)
     try:
         s.start()
         yield s
@@ -93,6 +93,18 @@ def insert_entry(conn: psycopg.Connection, user_id, content_type="chapter", key=
         """,
         {"u": user_id, "ct": content_type, "k": key, "ttl": ttl, "created": created_at},
     ).fetchone()
+
+
+@contextlib.contextmanager
+def prewarm_stack(prefix: str) -> Iterator[LocalStack]:
+    """A stack on the OS package's PostgreSQL, which has pg_prewarm (the bundled PostgreSQL 16,
+    the default for its pgvector, does not): for the tests of warm-up's pg_prewarm path."""
+    from cachesvc.localstack.postgres import system_pg_bindirs
+
+    bindirs = system_pg_bindirs()
+    assert bindirs, "no OS PostgreSQL package: scripts/bootstrap installs one"
+    with throwaway_stack(prefix, bindir=bindirs[0]) as s:
+        yield s
 
 
 # -- tokens and HTTP --------------------------------------------------------------------------

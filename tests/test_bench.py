@@ -80,3 +80,13 @@ def test_cpu_of_a_server_counts_its_ended_and_living_children():
         parent.kill()
         parent.wait()
         parent.stdout.close()
+
+
+def test_scripts_bench_keeps_the_sections_other_benchmarks_own(tmp_path):
+    from cachesvc.bench.run import kept_sections
+
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\nold table\n\n<!-- semantic: scripts/bench-semantic -->\n## Semantic\n| x |\n"
+                    "<!-- /semantic -->\ntrailing words\n")
+    assert kept_sections(path) == "\n<!-- semantic: scripts/bench-semantic -->\n## Semantic\n| x |\n<!-- /semantic -->\n"
+    assert kept_sections(tmp_path / "none.md") == ""

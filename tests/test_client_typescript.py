@@ -179,6 +179,15 @@ def test_client_end_to_end(built, service, tokens):
     node_checks("e2e.mjs", env=env, expect=25)
 
 
+def test_similar_searches_the_users_own_entries(built, service, tokens):
+    from cachesvc.settings import Settings
+
+    a, b = uuid.uuid4(), uuid.uuid4()
+    env = {"CACHESVC_URL": service.url, "TOKEN_A": tokens(a), "TOKEN_B": tokens(b),
+           "EMBEDDING_DIM": str(Settings.from_env(service.env).semantic.embedding_dim)}
+    node_checks("similar.mjs", env=env, expect=3)
+
+
 def test_coalesced_gets(built, start_service, tokens):
     """200 concurrent gets: 2 lookups instead of 200 GETs (printed: requests and median time)."""
     unlimited = start_service(rate_limit_per_s=0)  # the uncoalesced baseline must not meet the rate limit

@@ -17,9 +17,16 @@ from cachesvc.db.pools import create_pool, open_pool
 from cachesvc.features import catalog, warmup
 from cachesvc.features.reader import FeatureReader
 from cachesvc.localstack import SUPERUSER
-from tests.harness import LiveService, connect, create_table, drop_tables, maintainer, wait_until
+from tests.harness import LiveService, connect, create_table, drop_tables, maintainer, prewarm_stack, wait_until
 
 WARM = "ft_warm"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """This module's stack, on a PostgreSQL with pg_prewarm (tests.harness.prewarm_stack)."""
+    with prewarm_stack("cachesvc-readiness-") as s:
+        yield s
 
 
 @pytest.fixture

@@ -8,10 +8,17 @@ from psycopg import errors
 
 from cachesvc import migrations
 from cachesvc.localstack import SUPERUSER
-from tests.harness import connect
+from tests.harness import connect, prewarm_stack
 from tests.harness import maintainer
 
 DB = "cachesvc_features_migrations"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """This module's stack, on a PostgreSQL with pg_prewarm (tests.harness.prewarm_stack)."""
+    with prewarm_stack("cachesvc-features-schema-") as s:
+        yield s
 
 
 @pytest.fixture

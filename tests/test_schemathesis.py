@@ -23,11 +23,11 @@ EXAMPLES = 25  # per operation and phase: the whole module stays well under a mi
 FEATURE_TABLE = "st_profiles"
 DOCUMENT = openapi.document(Settings().max_ttl_s, [FEATURE_TABLE])
 schema = schemathesis.openapi.from_dict(DOCUMENT)  # every phase: examples, coverage, fuzzing
-# The two reads that take X-Consistency-Token skip the coverage phase: its "all required and one
+# The reads that take X-Consistency-Token skip the coverage phase: its "all required and one
 # optional property" scenario sends the header as "0" and counts that as schema-valid although it
 # does not match the header's pattern (^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$), so the service's
 # 400 is reported as a valid request refused. Its other scenarios, and the other phases, run.
-CONSISTENCY_READS = ["getEntry", "lookupEntries"]
+CONSISTENCY_READS = ["getEntry", "lookupEntries", "similarEntries"]
 schema_without_coverage = schemathesis.openapi.from_dict(DOCUMENT)
 schema_without_coverage.config.phases.update(phases=["examples", "fuzzing"])
 explore = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,

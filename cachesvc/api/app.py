@@ -134,6 +134,7 @@ ROUTES = [
     route("/v1/cache/stats", GET=cache.stats),
     route("/v1/cache/lookup", POST=cache.lookup),
     route("/v1/cache", DELETE=cache.erase),
+    route("/v1/cache/{content_type}/similar", template="/v1/cache/{contentType}/similar", POST=cache.similar),
     route("/v1/cache/{content_type}/{key:path}", template=ENTRY,
           GET=cache.get_entry, PUT=cache.put_entry, DELETE=cache.delete_entry),
     route("/v1/leases/{content_type}/{key:path}", template=LEASE, POST=cache.take_lease, DELETE=cache.release_lease),

@@ -2,11 +2,17 @@
 
 Writes answer with ``X-Consistency-Token`` (the primary's WAL position after the write); a
 read that sends one back is answered by a read replica only once it has replayed that far.
+
+Embeddings (PUT's ``embedding``, the similarity search's query) are checked here; the database
+makes them unit vectors (cosine distance does not change), and those whose length a float4
+could not hold are scaled here first (docs/semantic.md).
 """
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Sequence
 
 import msgspec
 from starlette.requests import Request
@@ -18,6 +24,7 @@ from cachesvc.api.identity import acting_user
 from cachesvc.api.wire import check_key, decode, json_response, read_body
 from cachesvc.auth import Actor
 from cachesvc.cache import models
+from cachesvc.cache.store import SemanticUnavailable
 from cachesvc.db.lsn import LSN_RE, parse_lsn
 from cachesvc.ratelimit import retry_after
 
@@ -59,6 +66,35 @@ def check_content_type(value: str, field: str) -> None:
         raise validation_error(f"{field} must match {models.CONTENT_TYPE_RE.pattern}", field)
 
 
+# Lengths whose vector pgvector's float4 holds and normalises exactly (l2_normalize sums the
+# squares in float8); others, rare, are scaled to length 1 here first.
+SAFE_NORMS = (1e-15, 1e15)
+
+
+def embedding(values: Sequence[float], dim: int, field: str) -> Sequence[float]:
+    """``values`` for the database, which normalises them; a 400 naming ``field`` unless they
+    are ``dim`` finite numbers, not all zero (the cosine distance of a zero vector is undefined)."""
+    if len(values) != dim:
+        raise validation_error(f"{field} must have {dim} numbers (CACHESVC_EMBEDDING_DIM), not {len(values)}", field)
+    norm = math.hypot(*values)  # without intermediate overflow; inf only past float8's range
+    if SAFE_NORMS[0] <= norm <= SAFE_NORMS[1]:
+        return values
+    largest = max(map(abs, values))
+    if not math.isfinite(largest):
+        raise validation_error(f"{field} must hold finite numbers", field)
+    if largest == 0:
+        raise validation_error(f"{field} must not be all zeros: its cosine distance is undefined", field)
+    scaled = [x / largest for x in values]  # to at most 1 first: the length of the scaled ones is finite
+    norm = math.hypot(*scaled)
+    return [x / norm for x in scaled]
+
+
+def semantic_unavailable(ctx: AppContext) -> ApiError:
+    ctx.metrics.semantic_unavailable.inc()
+    return ApiError(501, "semantic_unavailable",
+                    "the semantic cache needs pgvector in the database (CREATE EXTENSION vector); see docs/semantic.md")
+
+
 def _path_params(request: Request) -> tuple[str, str]:
     content_type = request.path_params["content_type"]
     key = request.path_params["key"]
@@ -89,9 +125,33 @@ async def put_entry(request: Request) -> Response:
     body = msgspec.structs.replace(body, token_count=int(body.token_count))
     if ttl > ctx.settings.max_ttl_s:
         raise validation_error(f"ttlSeconds must be at most {ctx.settings.max_ttl_s}", "ttlSeconds")
-    entry, replaced, token = await ctx.store.put(actor, content_type, key, body, ttl)
+    vector = None if body.embedding is None else embedding(body.embedding, ctx.settings.semantic.embedding_dim, "embedding")
+    try:
+        entry, replaced, token = await ctx.store.put(actor, content_type, key, body, ttl, vector)
+    except SemanticUnavailable:
+        raise semantic_unavailable(ctx) from None
     ctx.leases.waiters.notify(actor.user_id, content_type, key)  # its waiters here get it at once
     return _with_token(json_response(entry, 200 if replaced else 201), token)
+
+
+async def similar(request: Request) -> Response:
+    """The caller's live entries of a content type nearest to an embedding (cosine distance)."""
+    ctx = context(request)
+    actor = _actor(request, ctx)
+    content_type = request.path_params["content_type"]
+    check_content_type(content_type, "contentType")
+    body = decode(await read_body(request, ctx.settings.max_body_bytes), models.SimilarRequest)
+    query = embedding(body.embedding, ctx.settings.semantic.embedding_dim, "embedding")
+    max_distance = ctx.settings.semantic.max_distance if body.max_distance is None else body.max_distance
+    try:
+        results = await ctx.store.similar(
+            actor.user_id, content_type, query, max_distance=max_distance, limit=int(body.limit),
+            after_lsn=_after_lsn(request),
+        )
+    except SemanticUnavailable:
+        raise semantic_unavailable(ctx) from None
+    ctx.metrics.semantic_lookup(content_type, bool(results))
+    return json_response(models.SimilarResponse(results=results))
 
 
 async def delete_entry(request: Request) -> Response:

@@ -225,7 +225,7 @@ async def open_context(
             stack.push_async_callback(metrics.bouncer.close)
         after_step("features")
 
-        document = openapi.document_bytes(settings.max_ttl_s, list(features.catalog.tables))
+        document = openapi.document_bytes(settings.max_ttl_s, list(features.catalog.tables), settings.semantic.embedding_dim)
         background = await stack.enter_async_context(Background())  # left first: the loops stop before the flushes
         ctx = AppContext(
             settings=settings,

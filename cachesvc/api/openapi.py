@@ -11,6 +11,7 @@ from cachesvc.api.errors import ErrorBody
 from cachesvc.cache import models
 from cachesvc.features import models as feature_models
 from cachesvc.db.lsn import LSN_RE
+from cachesvc.settings import SemanticSettings
 
 REF = "#/components/schemas/{name}"
 
@@ -23,6 +24,8 @@ ERRORS = {
            "a body without Content-Type is read as JSON",
     "429": "rate_limited: too many requests for this user (see Retry-After)",
     "503": "unavailable: the database cannot be reached right now (see Retry-After)",
+    "501": "semantic_unavailable: the database has no pgvector, so embeddings cannot be stored or searched "
+           "(everything else works)",
 }
 
 
@@ -111,9 +114,17 @@ def feature_paths(tables: Sequence[str]) -> dict:
     }
 
 
-def document(max_ttl_s: int, tables: Sequence[str] = ()) -> dict:
+def _embedding_schema(schema: dict, dim: int) -> None:
+    """An embedding as the service takes it: exactly ``dim`` numbers, at least one not zero."""
+    schema.update({"minItems": dim, "maxItems": dim, "contains": {"type": "number", "not": {"const": 0}}})
+
+
+def document(max_ttl_s: int, tables: Sequence[str] = (), embedding_dim: int = SemanticSettings().embedding_dim) -> dict:
+    """The document for a service with these settings: the TTL bound (CACHESVC_MAX_TTL_S), the
+    feature tables found, the embedding dimension (CACHESVC_EMBEDDING_DIM)."""
     _, components = msgspec.json.schema_components(
-        [models.CacheEntry, models.PutEntry, models.LookupRequest, models.LookupResponse,
+        [models.CacheEntry, models.PutEntry, models.SimilarRequest, models.SimilarResponse,
+         models.LookupRequest, models.LookupResponse,
          models.EraseResponse, models.StatsResponse, models.LeaseRequest, models.LeaseResponse, ErrorBody,
          feature_models.FeatureVector, feature_models.FeatureLookupRequest,
          feature_models.FeatureLookupResponse, feature_models.FeatureStatsResponse],
@@ -121,6 +132,8 @@ def document(max_ttl_s: int, tables: Sequence[str] = ()) -> dict:
     )
     ttl = components["PutEntry"]["properties"]["ttlSeconds"]["anyOf"][0]
     ttl["maximum"] = max_ttl_s  # the configured CACHESVC_MAX_TTL_S
+    _embedding_schema(components["PutEntry"]["properties"]["embedding"]["anyOf"][0], embedding_dim)
+    _embedding_schema(components["SimilarRequest"]["properties"]["embedding"], embedding_dim)
     components["FeatureLookupRequest"]["properties"]["tables"]["anyOf"][0]["items"] = _table_names(tables)
     paths = {
         "/v1/cache/{contentType}/{key}": {
@@ -137,6 +150,7 @@ def document(max_ttl_s: int, tables: Sequence[str] = ()) -> dict:
                     "200": _written(_json("CacheEntry", "replaced the live entry")),
                     "201": _written(_json("CacheEntry", "stored a new entry")),
                     **_common(*BODY_ERRORS),
+                    "501": _json("ErrorBody", ERRORS["501"] + "; only with an embedding, and nothing is stored"),
                 },
             },
             "delete": {
@@ -166,6 +180,20 @@ def document(max_ttl_s: int, tables: Sequence[str] = ()) -> dict:
                     "204": {"description": "released"},
                     "404": _json("ErrorBody", "lease_not_found: released, expired, taken over, or another user's"),
                     **_common(),
+                },
+            },
+        },
+        "/v1/cache/{contentType}/similar": {
+            "parameters": [ENTRY_PARAMS[0], USER_HEADER],
+            "post": {
+                "operationId": "similarEntries",
+                "summary": "Semantic cache: the caller's live entries nearest to an embedding (cosine distance), nearest first",
+                "parameters": [CONSISTENCY_PARAM],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name="SimilarRequest")}}}},
+                "responses": {
+                    "200": _json("SimilarResponse", "the matches within maxDistance, nearest first (none: an empty list)"),
+                    **_common(*BODY_ERRORS),
+                    "501": _json("ErrorBody", ERRORS["501"]),
                 },
             },
         },
@@ -215,5 +243,6 @@ def document(max_ttl_s: int, tables: Sequence[str] = ()) -> dict:
     }
 
 
-def document_bytes(max_ttl_s: int, tables: Sequence[str] = ()) -> bytes:
-    return msgspec.json.encode(document(max_ttl_s, tables))
+def document_bytes(max_ttl_s: int, tables: Sequence[str] = (),
+                   embedding_dim: int = SemanticSettings().embedding_dim) -> bytes:
+    return msgspec.json.encode(document(max_ttl_s, tables, embedding_dim))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(table)
     sys.stdout.write(json.dumps(results, indent=2) + "\n")
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    kept = kept_sections(args.out)
     args.out.write_text(
         f"# Benchmarks\n\nProduced by `scripts/bench` (`cachesvc bench {' '.join(argv or sys.argv[1:])}`) on {when}.\n\n"
         f"Machine: {machine()}.\n\n"
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Closed loops: {args.clients} connections for {args.seconds} s; open loops: {args.seconds} s at the fixed rate, "
         f"latency from each request's scheduled send time; an open loop's target is at least "
         f"{loadgen.RATE_KEPT:.0%} of its rate, answered without errors.\n\n{table}\n{verdict}\n\n"
-        f"Raw figures:\n\n```json\n{json.dumps(results, indent=2)}\n```\n"
+        f"Raw figures:\n\n```json\n{json.dumps(results, indent=2)}\n```\n" + kept
     )
     say(f"wrote {args.out}")
     return 0
@@ -101,6 +103,17 @@ def cpu_cell(results: dict, label: str) -> str:
     if not split:
         return ""
     return " / ".join(f"{split[name]:.3f}" for name in ("service", "pgbouncer", "postgres")) + " ms"
+
+
+KEPT = re.compile(r"^<!-- (\w+): .*?^<!-- /\1 -->\n", re.M | re.S)
+
+
+def kept_sections(path: Path) -> str:
+    """Sections other benchmarks own in the same file (``<!-- name: … -->`` to ``<!-- /name -->``),
+    kept as they are when this one rewrites its part."""
+    if not path.exists():
+        return ""
+    return "".join("\n" + m.group(0) for m in KEPT.finditer(path.read_text()))
 
 
 def target_cell(summary: dict) -> str:

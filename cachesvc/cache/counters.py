@@ -44,6 +44,7 @@ class EntryHits:
 class AccessStats:
     hits: int = 0
     misses: int = 0
+    semantic_hits: int = 0  # similarity searches answered with an entry, apart from exact hits
     tokens_saved: int = 0
     cost_saved_usd: float = 0.0
     since: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))  # first count of this batch
@@ -56,7 +57,7 @@ DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
 
 RECORD_ACCESS = (
     "SELECT refused FROM record_cache_access(%s::timestamptz[], %s::uuid[], %s::text[], %s::bigint[],"
-    " %s::bigint[], %s::bigint[], %s::numeric[], %s::timestamptz[])"
+    " %s::bigint[], %s::bigint[], %s::numeric[], %s::timestamptz[], %s::bigint[])"
 )
 RECORD_HITS = "SELECT refused FROM record_cache_hits(%s::bigint[], %s::timestamptz[], %s::bigint[], %s::timestamptz[])"
 
@@ -69,8 +70,12 @@ class Counters:
         self.flushes = 0
         self.rejected = 0  # elements dropped as bad data, ever
 
-    def hit(self, user_id: uuid.UUID, content_type: str, entry_key: EntryKey, tokens: int, cost: float) -> EntryHits | None:
-        """Count one hit; returns what was pending for the entry before it (or None)."""
+    def hit(
+        self, user_id: uuid.UUID, content_type: str, entry_key: EntryKey, tokens: int, cost: float,
+        *, semantic: bool = False,
+    ) -> EntryHits | None:
+        """Count one hit (``semantic``: a similarity search's) on the entry; returns what was
+        pending for the entry before it (or None)."""
         now = dt.datetime.now(dt.UTC)
         pending = self.entries.get(entry_key)
         before = EntryHits(pending.hits, pending.last_accessed_at) if pending else None
@@ -80,7 +85,10 @@ class Counters:
         else:
             self.entries[entry_key] = EntryHits(1, now)
         stats = self._stats(now, user_id, content_type)
-        stats.hits += 1
+        if semantic:
+            stats.semantic_hits += 1
+        else:
+            stats.hits += 1
         stats.tokens_saved += tokens
         stats.cost_saved_usd += cost if math.isfinite(cost) else 0.0
         return before
@@ -122,6 +130,7 @@ class Counters:
             if mine:
                 mine.hits += s.hits
                 mine.misses += s.misses
+                mine.semantic_hits += s.semantic_hits
                 mine.tokens_saved += s.tokens_saved
                 mine.cost_saved_usd += s.cost_saved_usd
                 mine.since = min(mine.since, s.since)
@@ -192,6 +201,7 @@ async def _send(pool: AsyncConnectionPool, entries: dict[EntryKey, EntryHits], s
                     [v.tokens_saved for v in values],
                     [round(v.cost_saved_usd, 6) for v in values],
                     [v.since for v in values],
+                    [v.semantic_hits for v in values],
                 ))
                 refused += (await cur.fetchone())[0]
             if entries:

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from cachesvc.keys import Key
+from cachesvc.settings import MAX_COSINE_DISTANCE, MAX_EMBEDDING_DIM
 from cachesvc.structs import Struct
 
 # Patterns are checked again with fullmatch: msgspec (re.search) lets "$" match before a final newline.
@@ -29,6 +30,13 @@ WholeTTL = Annotated[float, msgspec.Meta(ge=1, multiple_of=1)]
 WholeTokens = Annotated[float, msgspec.Meta(ge=0, le=2**31 - 1, multiple_of=1)]
 Model = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00]*$", description="the generating model; no NUL")]
 AnyJson = Annotated[msgspec.Raw, msgspec.Meta(description="any JSON value")]
+# Exactly CACHESVC_EMBEDDING_DIM numbers, not all zero: the handler checks the dimension and the
+# values (api/cache.py), and the OpenAPI document states the configured dimension.
+Embedding = Annotated[list[float], msgspec.Meta(
+    min_length=1, max_length=MAX_EMBEDDING_DIM,
+    description="the prompt's embedding: CACHESVC_EMBEDDING_DIM numbers, not all zero (compared by cosine distance)",
+)]
+MAX_SIMILAR_RESULTS = 20
 JsonObject = Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={"type": "object", "additionalProperties": True})]
 
 
@@ -57,6 +65,28 @@ class PutEntry(Struct):
     token_count: WholeTokens = 0
     cost_usd: Annotated[float, msgspec.Meta(ge=0, le=MAX_COST_USD)] = 0.0
     model: Model | None = None
+    embedding: Embedding | None = None
+
+
+class SimilarRequest(Struct):
+    """Body of POST /v1/cache/{contentType}/similar: the caller's live entries nearest to ``embedding``."""
+
+    embedding: Embedding
+    max_distance: Annotated[float, msgspec.Meta(
+        ge=0, le=MAX_COSINE_DISTANCE, description="largest cosine distance returned (default CACHESVC_SIMILARITY_MAX_DISTANCE)",
+    )] | None = None
+    limit: Annotated[float, msgspec.Meta(ge=1, le=MAX_SIMILAR_RESULTS, multiple_of=1, description="most results")] = 1
+
+
+class SimilarResult(Struct):
+    distance: Annotated[float, msgspec.Meta(ge=0, le=MAX_COSINE_DISTANCE, description="cosine distance to the query")]
+    entry: CacheEntry
+
+
+class SimilarResponse(Struct):
+    """Nearest first; empty when no live entry of the caller is within maxDistance."""
+
+    results: list[SimilarResult]
 
 
 class LookupItem(Struct):
@@ -115,6 +145,7 @@ class ContentTypeStats(Struct):
     content_type: str
     hits: int
     misses: int
+    semantic_hits: int
     hit_rate: float | None
     tokens_saved: int
     cost_saved_usd: float
@@ -125,6 +156,7 @@ class StatsResponse(Struct):
 
     hits: int
     misses: int
+    semantic_hits: int  # similarity searches answered with an entry (not in hits, misses or hitRate)
     hit_rate: float | None
     tokens_saved: int
     cost_saved_usd: float

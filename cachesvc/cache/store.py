@@ -12,14 +12,21 @@ that server's batcher, and the batch runs there through ``Reads.run`` (cachesvc.
 which runs it again on the primary if the replica fails it. Writes always go to the primary,
 and each returns the primary's WAL position after its COMMIT: the consistency token a client
 may send back with a read (a replica serves it only once it has replayed that far).
+
+The semantic cache (docs/semantic.md) needs pgvector: an ``embedding`` column that migration
+0008 adds only where the extension exists. The store looks for it once (again after a minute
+while it is missing) and renders its statements with the extension's schema; without it,
+a PUT with an embedding and a similarity search raise ``SemanticUnavailable``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import msgspec
 from psycopg import errors
@@ -29,7 +36,14 @@ from cachesvc.auth import Actor
 from cachesvc.cache import rawjson
 from cachesvc.cache.batcher import ReadBatcher, Triple
 from cachesvc.cache.counters import Counters
-from cachesvc.cache.models import CacheEntry, ContentTypeStats, LookupItem, PutEntry, StatsResponse
+from cachesvc.cache.models import (
+    CacheEntry,
+    ContentTypeStats,
+    LookupItem,
+    PutEntry,
+    SimilarResult,
+    StatsResponse,
+)
 from cachesvc.db.lsn import format_lsn
 from cachesvc.db.routing import ReadRouter, Reads, Target
 from cachesvc.db.transaction import Budget, Transactions, within_budget
@@ -81,7 +95,7 @@ JSONB_REFUSALS = (errors.NumericValueOutOfRange, errors.UntranslatableCharacter,
 # unique constraint on a table partitioned by created_at.
 LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(%s || '/' || %s || '/' || %s, 0))"
 
-PUT = f"""
+PUT_TEMPLATE = f"""
 WITH replaced AS (
     DELETE FROM infinite_pages_cache_partitioned
      WHERE user_id = %(user)s AND content_type = %(ct)s AND cache_key = %(key)s
@@ -89,9 +103,9 @@ WITH replaced AS (
 ), stored AS (
     INSERT INTO infinite_pages_cache_partitioned
            (user_id, content_type, cache_key, content, metadata, content_raw, metadata_raw,
-            token_count, cost_usd, model, expires_at)
+            token_count, cost_usd, model, expires_at{{embedding_column}})
     VALUES (%(user)s, %(ct)s, %(key)s, %(content)s::jsonb, %(metadata)s::jsonb, %(content_raw)s, %(metadata_raw)s,
-            %(tokens)s, %(cost)s, %(model)s, now() + make_interval(secs => %(ttl)s))
+            %(tokens)s, %(cost)s, %(model)s, now() + make_interval(secs => %(ttl)s){{embedding_value}})
     RETURNING {ENTRY_COLUMNS}
 ), released AS (
     DELETE FROM cache_leases WHERE user_id = %(user)s AND content_type = %(ct)s AND cache_key = %(key)s
@@ -104,6 +118,8 @@ WITH replaced AS (
 )
 SELECT stored.*, coalesce((SELECT bool_or(was_live) FROM replaced), false) FROM stored
 """
+# The audit row never holds the embedding (nor the content): who, what, when.
+PUT = PUT_TEMPLATE.format(embedding_column="", embedding_value="")
 
 DELETE = """
 WITH deleted AS (
@@ -149,12 +165,80 @@ SELECT entries FROM counted
 WAL_POSITION = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
 
 STATS = """
-SELECT content_type, sum(hits)::bigint, sum(misses)::bigint, sum(tokens_saved)::bigint, sum(cost_saved_usd)::float8
+SELECT content_type, sum(hits)::bigint, sum(misses)::bigint, sum(semantic_hits)::bigint,
+       sum(tokens_saved)::bigint, sum(cost_saved_usd)::float8
   FROM cache_access_stats
  WHERE user_id = %s
  GROUP BY content_type
  ORDER BY content_type
 """
+
+
+# -- the semantic cache ------------------------------------------------------------------------
+
+# The schema of pgvector's type, found through the embedding column (none: no semantic cache),
+# where pgvector is 0.7 or later (l2_normalize).
+EMBEDDING_TYPE_SCHEMA = """
+SELECT n.nspname
+  FROM pg_attribute a
+  JOIN pg_type t ON t.oid = a.atttypid
+  JOIN pg_namespace n ON n.oid = t.typnamespace
+ WHERE a.attrelid = 'infinite_pages_cache_partitioned'::regclass
+   AND a.attname = 'embedding' AND NOT a.attisdropped AND t.typname = 'vector'
+   AND EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = 'l2_normalize' AND p.pronamespace = n.oid)
+"""
+RECHECK_MISSING_S = 60.0  # a missing pgvector is looked for again after this long
+
+# The caller's live entries of one content type, nearest first: an exact scan of the user's
+# rows through the lookup index (user_id, content_type, …), every distance computed, the
+# nearest kept (docs/semantic.md: measured against HNSW), and only then their columns read
+# (computing them for every scanned row cost a third of the time). Vectors of another
+# dimension (the setting changed) are skipped, never compared. Stored vectors have length 1
+# (see the PUT); the query is made so too.
+SIMILAR_TEMPLATE = f"""
+SELECT {ENTRY_COLUMNS}, nearest.distance
+  FROM (SELECT e.id AS nearest_id, e.created_at AS nearest_created_at,
+               e.embedding OPERATOR({{schema}}.<=>) {{schema}}.l2_normalize(%(query)s::{{schema}}.vector) AS distance
+          FROM infinite_pages_cache_partitioned AS e
+         WHERE e.user_id = %(user)s AND e.content_type = %(ct)s AND e.expires_at > now()
+           AND e.embedding IS NOT NULL AND {{schema}}.vector_dims(e.embedding) = %(dim)s
+         ORDER BY distance, e.created_at DESC, e.id
+         LIMIT %(limit)s) AS nearest
+  JOIN infinite_pages_cache_partitioned
+    ON id = nearest.nearest_id AND created_at = nearest.nearest_created_at
+ WHERE nearest.distance <= %(max_distance)s
+ ORDER BY nearest.distance, created_at DESC, id
+"""
+
+
+class SemanticUnavailable(Exception):
+    """The database has no pgvector (no embedding column): the semantic cache cannot work."""
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticStatements:
+    """The statements that name pgvector's type and operator, qualified by its schema."""
+
+    put: str
+    similar: str
+
+    @classmethod
+    def in_schema(cls, schema: str) -> SemanticStatements:
+        quoted = '"' + schema.replace('"', '""') + '"'
+        return cls(
+            put=PUT_TEMPLATE.format(embedding_column=", embedding",
+                                    embedding_value=f", {quoted}.l2_normalize(%(embedding)s::{quoted}.vector)"),
+            similar=SIMILAR_TEMPLATE.format(schema=quoted),
+        )
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def vector_literal(values: Sequence[float]) -> str:
+    """pgvector's text form of a vector, ``[0.1,-0.2,…]``: a JSON array of numbers (msgspec
+    writes it ten times faster than joining ``repr``s, which cost 2.8 ms at 1,536 numbers)."""
+    return _encode_json(values).decode()
 
 
 def _entry(row: Sequence) -> tuple[tuple[int, dt.datetime], CacheEntry]:
@@ -209,6 +293,8 @@ class CacheStore:
         if self.router.monitor is not None and self.batchers:
             # A failed replica hands the reads still waiting for it to the primary at once.
             self.router.monitor.on_unusable.append(self._divert_replica_reads)
+        self._semantic: SemanticStatements | None = None
+        self._semantic_missing_at: float | None = None  # monotonic time it was last found missing
 
     async def run_as(
         self, user_id: uuid.UUID, statements: list[tuple[str, object]], *, retry: bool = True,
@@ -274,9 +360,11 @@ class CacheStore:
                 results.append(self.count_hit(user_id, row))
         return results
 
-    def count_hit(self, user_id: uuid.UUID, row: Sequence) -> CacheEntry:
+    def count_hit(self, user_id: uuid.UUID, row: Sequence, *, semantic: bool = False) -> CacheEntry:
         entry_key, entry = _entry(row)
-        before = self.counters.hit(user_id, entry.content_type, entry_key, entry.token_count, entry.cost_usd)
+        before = self.counters.hit(
+            user_id, entry.content_type, entry_key, entry.token_count, entry.cost_usd, semantic=semantic
+        )
         if before is not None:  # hits counted here but not yet flushed to the row
             entry.hit_count += before.hits
             if entry.last_accessed_at is None or before.last_accessed_at > entry.last_accessed_at:
@@ -287,32 +375,88 @@ class CacheStore:
         (rows,) = await self.run_as(user_id, [(STATS, (user_id,))], read_only=True)
         by_type = [
             ContentTypeStats(
-                content_type=ct, hits=h, misses=m, hit_rate=_rate(h, m), tokens_saved=t, cost_saved_usd=round(c, 6)
+                content_type=ct, hits=h, misses=m, semantic_hits=sh, hit_rate=_rate(h, m), tokens_saved=t,
+                cost_saved_usd=round(c, 6),
             )
-            for ct, h, m, t, c in rows
+            for ct, h, m, sh, t, c in rows
         ]
         hits = sum(s.hits for s in by_type)
         misses = sum(s.misses for s in by_type)
         return StatsResponse(
             hits=hits,
             misses=misses,
+            semantic_hits=sum(s.semantic_hits for s in by_type),
             hit_rate=_rate(hits, misses),
             tokens_saved=sum(s.tokens_saved for s in by_type),
             cost_saved_usd=round(sum(s.cost_saved_usd for s in by_type), 6),
             by_content_type=by_type,
         )
 
+    # -- the semantic cache --------------------------------------------------------------
+
+    async def semantic_statements(self, user_id: uuid.UUID) -> SemanticStatements:
+        """The statements of the semantic cache; raises SemanticUnavailable without pgvector.
+
+        Found once; while missing, looked for again at most every RECHECK_MISSING_S (once a
+        DBA has added pgvector and the column, docs/semantic.md, no restart is needed)."""
+        if self._semantic is not None:
+            return self._semantic
+        missing_at = self._semantic_missing_at
+        if missing_at is None or time.monotonic() - missing_at >= RECHECK_MISSING_S:
+            (rows,) = await self.run_as(user_id, [(EMBEDDING_TYPE_SCHEMA, None)], read_only=True)
+            if rows:
+                self._semantic = SemanticStatements.in_schema(rows[0][0])
+                return self._semantic
+            self._semantic_missing_at = time.monotonic()
+        raise SemanticUnavailable("the database has no pgvector: the semantic cache is unavailable")
+
+    async def similar(
+        self, user_id: uuid.UUID, content_type: str, query: Sequence[float], *, max_distance: float, limit: int,
+        after_lsn: int | None = None,
+    ) -> list[SimilarResult]:
+        """The user's live entries of ``content_type`` within ``max_distance`` (cosine) of
+        ``query``, nearest first, at most ``limit``.
+
+        A search that finds one counts one semantic hit, on the nearest entry (the one a
+        client reuses); one that finds none counts nothing."""
+        statements = await self.semantic_statements(user_id)
+        params = {
+            "user": user_id, "ct": content_type, "query": vector_literal(query), "dim": len(query),
+            "max_distance": max_distance, "limit": limit,
+        }
+        target = self.router.choose((user_id,), after_lsn)
+        (rows,) = await self.reads.run(target, [(statements.similar, params)], context=_acting_as(user_id))
+        results = []
+        for n, row in enumerate(rows):
+            entry = self.count_hit(user_id, row, semantic=True) if n == 0 else self._pending_hits(_entry(row))
+            results.append(SimilarResult(distance=min(max(0.0, float(row[12])), 2.0), entry=entry))
+        return results
+
+    def _pending_hits(self, keyed: tuple[tuple[int, dt.datetime], CacheEntry]) -> CacheEntry:
+        """An entry as it is with the hits counted here but not yet flushed (none counted now)."""
+        entry_key, entry = keyed
+        pending = self.counters.entries.get(entry_key)
+        if pending is not None:
+            entry.hit_count += pending.hits
+            if entry.last_accessed_at is None or pending.last_accessed_at > entry.last_accessed_at:
+                entry.last_accessed_at = pending.last_accessed_at
+        return entry
+
     # -- writes --------------------------------------------------------------------------
 
     async def put(
-        self, actor: Actor, content_type: str, key: str, body: PutEntry, ttl_seconds: int
+        self, actor: Actor, content_type: str, key: str, body: PutEntry, ttl_seconds: int,
+        embedding: Sequence[float] | None = None,
     ) -> tuple[CacheEntry, bool, str]:
         """Store an entry, replacing any older one; returns (entry, replaced a live entry, token).
 
-        Idempotent by key (the same PUT twice leaves the same single live entry), which is
-        what makes retrying it safe. A month with no partition yet is created through
-        ensure_monthly_partitions() and the write retried once.
+        ``embedding`` (made a unit vector by the database) is stored with it for similarity searches (raises
+        SemanticUnavailable without pgvector: nothing is stored then). Idempotent by key (the
+        same PUT twice leaves the same single live entry), which is what makes retrying it
+        safe. A month with no partition yet is created through ensure_monthly_partitions()
+        and the write retried once.
         """
+        statement = PUT if embedding is None else (await self.semantic_statements(actor.user_id)).put
         content, metadata = bytes(body.content).decode(), bytes(body.metadata).decode()
         params = {
             "user": actor.user_id,
@@ -325,11 +469,12 @@ class CacheStore:
             "ttl": ttl_seconds,
             "actor": actor.label,
             "request_id": actor.request_id,
+            "embedding": None if embedding is None else vector_literal(embedding),
         }
         # PUT by key is idempotent (the same PUT again leaves the same single live entry), so
         # it may be retried after a dropped connection; DELETE and erase are not retried, as
         # a retry after a lost COMMIT would answer 404 / 0 for work that was done.
-        statements = [(LOCK_KEY, (str(actor.user_id), content_type, key)), (PUT, params)]
+        statements = [(LOCK_KEY, (str(actor.user_id), content_type, key)), (statement, params)]
         try:
             results = await self._put_healing(actor.user_id, statements)
         except JSONB_REFUSALS:  # what rawjson.py leaves to PostgreSQL: numbers beyond numeric

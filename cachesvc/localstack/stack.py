@@ -49,14 +49,17 @@ class LocalStack:
     bouncer: LocalPgBouncer | None = None
     standby: LocalStandby | None = None
     standby_ports: tuple[int, int] | None = None  # (PostgreSQL, PgBouncer) of the standby
+    # The primary's server binaries (None: find_pg_bindir(); the standby follows the cluster's version).
+    bindir: Path | None = None
     # The HS256 secret of this stack's service and of the tokens minted for it: random, never built in.
     jwt_secret: str = field(default_factory=lambda: new_jwt_secret())
 
     @classmethod
-    def throwaway(cls, home: Path, **pg_conf: str) -> LocalStack:
-        """Free ports, fresh random passwords and JWT secret, durability off: for tests and benchmarks."""
+    def throwaway(cls, home: Path, *, bindir: Path | None = None, **pg_conf: str) -> LocalStack:
+        """Free ports, fresh random passwords and JWT secret, durability off: for tests and benchmarks
+        (``bindir``: a server of your choice, e.g. one without pgvector)."""
         conf = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"} | pg_conf
-        return cls(home, free_port(), free_port(), new_passwords(), conf)
+        return cls(home, free_port(), free_port(), new_passwords(), conf, bindir=bindir)
 
     @classmethod
     def persistent(cls, home: Path, pg_port: int, bouncer_port: int) -> LocalStack:
@@ -106,7 +109,9 @@ class LocalStack:
         self.home.mkdir(parents=True, exist_ok=True)
         if run_as() is not None:  # the server user must be able to pass through (not list) home
             self.home.chmod(self.home.stat().st_mode | 0o011)
-        self.postgres = LocalPostgres(self.home / "postgres", self.pg_port, self.passwords[SUPERUSER], self.pg_conf)
+        self.postgres = LocalPostgres(
+            self.home / "postgres", self.pg_port, self.passwords[SUPERUSER], self.pg_conf, bindir=self.bindir
+        )
         log(f"starting PostgreSQL on 127.0.0.1:{self.pg_port} ({self.postgres.datadir})")
         self.postgres.start()
         with psycopg.connect(self.postgres.url(), autocommit=True) as conn:

@@ -31,7 +31,7 @@ FUNCTIONS = {
     "create_monthly_audit_partition(date)": False,
     "cleanup_expired_cache_entries_production(integer,integer)": False,
     "ensure_monthly_partitions(timestamp with time zone)": True,  # SECURITY DEFINER
-    "record_cache_access(timestamp with time zone[],uuid[],text[],bigint[],bigint[],bigint[],numeric[],timestamp with time zone[])": True,
+    "record_cache_access(timestamp with time zone[],uuid[],text[],bigint[],bigint[],bigint[],numeric[],timestamp with time zone[],bigint[])": True,
     "record_cache_hits(bigint[],timestamp with time zone[],bigint[],timestamp with time zone[])": True,
     "cachesvc_begin_erasure()": True,
     "cachesvc_before_deadline(timestamp with time zone)": False,
@@ -122,7 +122,12 @@ def verify(run: Run, ahead: int) -> None:
         if definer:
             check(f"function-public:{signature}", not public_exec, f"function {signature} is executable by PUBLIC")
 
-    run.summary |= {"checks": len(checks), "failed": len(run.problems), "ahead": ahead}
+    # The semantic cache is optional (pgvector): reported, never a problem.
+    semantic = q(
+        "SELECT count(*) > 0 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'embedding' AND NOT attisdropped",
+        (CACHE,),
+    ).fetchone()[0]
+    run.summary |= {"checks": len(checks), "failed": len(run.problems), "ahead": ahead, "semantic": semantic}
 
 
 def _policies(run: Run, table: str) -> set[tuple]:

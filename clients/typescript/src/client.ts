@@ -24,6 +24,9 @@ import type {
   LookupItem,
   LookupResult,
   PutBody,
+  SimilarRequest,
+  SimilarResponse,
+  SimilarResult,
   StatsResponse,
 } from "./types.js";
 
@@ -93,6 +96,9 @@ export interface PutResult {
   created: boolean;
 }
 
+/** `maxDistance` (0-2, cosine) and `limit` (1-20) of a similarity search. */
+export type SimilarSearch = Omit<SimilarRequest, "embedding">;
+
 export interface FeaturesClient {
   /** One entity's features from the named tables (default: every table). */
   get(entityKey: string, tables?: readonly string[], options?: CallOptions): Promise<FeatureVector>;
@@ -111,6 +117,9 @@ export interface CacheClient {
   /** Erase every entry and statistic of the user (never retried). */
   erase(options?: CallOptions): Promise<EraseResponse>;
   stats(options?: CallOptions): Promise<StatsResponse>;
+  /** Semantic cache: the caller's live entries nearest to `embedding` (cosine distance), nearest
+   * first, within `maxDistance` (default: the service's setting); `limit` 1-20 (default 1). */
+  similar(contentType: string, embedding: readonly number[], search?: SimilarSearch, options?: CallOptions): Promise<SimilarResult[]>;
   /** The entry, generated and stored at most once across concurrent callers (a lease). */
   getOrGenerate(
     contentType: string,
@@ -313,6 +322,16 @@ class Client implements CacheClient {
   async stats(options: CallOptions = {}): Promise<StatsResponse> {
     const answer = await this.send({ method: "GET", path: "/v1/cache/stats", retry: true }, options);
     return answer.body as StatsResponse;
+  }
+
+  async similar(
+    contentType: string, embedding: readonly number[], search: SimilarSearch = {}, options: CallOptions = {},
+  ): Promise<SimilarResult[]> {
+    if (!Array.isArray(embedding)) throw invalidArgument("embedding", "embedding must be an array of numbers");
+    const body = { embedding, ...search };
+    const path = `/v1/cache/${encodeURIComponent(checkPathPart(contentType, "contentType"))}/similar`;
+    const answer = await this.send({ method: "POST", path, body, retry: true, read: true }, options);
+    return (answer.body as SimilarResponse).results;
   }
 
   // -- generate once ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ export type {
   GenerateContext,
   GetOrGenerateOptions,
   PutResult,
+  SimilarSearch,
   TokenSource,
 } from "./client.js";
 export { CacheError, isCacheError } from "./errors.js";
@@ -24,6 +25,9 @@ export type {
   LookupResult,
   PutBody,
   PutEntry,
+  SimilarRequest,
+  SimilarResponse,
+  SimilarResult,
   StatsResponse,
   components,
   operations,

@@ -52,6 +52,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/cache/{contentType}/similar": {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The user a service_role token acts for (required with one); a user token may only name itself. */
+                "X-Cache-User"?: string;
+            };
+            path: {
+                contentType: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Semantic cache: the caller's live entries nearest to an embedding (cosine distance), nearest first */
+        post: operations["similarEntries"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/cache/lookup": {
         parameters: {
             query?: never;
@@ -258,6 +280,36 @@ export interface components {
             costUsd?: number;
             /** @default null */
             model?: string | null;
+            /** @default null */
+            embedding?: number[] | null;
+        };
+        /**
+         * SimilarRequest
+         * @description Body of POST /v1/cache/{contentType}/similar: the caller's live entries nearest to ``embedding``.
+         */
+        SimilarRequest: {
+            /** @description the prompt's embedding: CACHESVC_EMBEDDING_DIM numbers, not all zero (compared by cosine distance) */
+            embedding: number[];
+            /** @default null */
+            maxDistance?: number | null;
+            /**
+             * @description most results
+             * @default 1
+             */
+            limit?: number;
+        };
+        /**
+         * SimilarResponse
+         * @description Nearest first; empty when no live entry of the caller is within maxDistance.
+         */
+        SimilarResponse: {
+            results: components["schemas"]["SimilarResult"][];
+        };
+        /** SimilarResult */
+        SimilarResult: {
+            /** @description cosine distance to the query */
+            distance: number;
+            entry: components["schemas"]["CacheEntry"];
         };
         /** LookupRequest */
         LookupRequest: {
@@ -293,6 +345,7 @@ export interface components {
         StatsResponse: {
             hits: number;
             misses: number;
+            semanticHits: number;
             hitRate: number | null;
             tokensSaved: number;
             costSavedUsd: number;
@@ -303,6 +356,7 @@ export interface components {
             contentType: string;
             hits: number;
             misses: number;
+            semanticHits: number;
             hitRate: number | null;
             tokensSaved: number;
             costSavedUsd: number;
@@ -587,6 +641,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description semantic_unavailable: the database has no pgvector, so embeddings cannot be stored or searched (everything else works); only with an embedding, and nothing is stored */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description unavailable: the database cannot be reached right now (see Retry-After) */
             503: {
                 headers: {
@@ -855,6 +918,109 @@ export interface operations {
             };
             /** @description rate_limited: too many requests for this user (see Retry-After) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unavailable: the database cannot be reached right now (see Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    similarEntries: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The user a service_role token acts for (required with one); a user token may only name itself. */
+                "X-Cache-User"?: string;
+                /** @description A token a write returned: the read then sees that write, whichever service instance made it. */
+                "X-Consistency-Token"?: string;
+            };
+            path: {
+                contentType: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SimilarRequest"];
+            };
+        };
+        responses: {
+            /** @description the matches within maxDistance, nearest first (none: an empty list) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SimilarResponse"];
+                };
+            };
+            /** @description validation_error: a field is invalid (error.field names it), or the JSON is malformed */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unauthorized: missing, malformed, forged, expired or unsigned bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token may not act for this user */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description payload_too_large: body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unsupported_media_type: a body that is not application/json (or *\/*+json) in UTF-8; a body without Content-Type is read as JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limited: too many requests for this user (see Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description semantic_unavailable: the database has no pgvector, so embeddings cannot be stored or searched (everything else works) */
+            501: {
                 headers: {
                     [name: string]: unknown;
                 };

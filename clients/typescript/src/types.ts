@@ -20,6 +20,9 @@ export type ContentTypeStats = Schemas["ContentTypeStats"];
 export type FeatureVector = Schemas["FeatureVector"];
 export type ErrorDetail = Schemas["ErrorDetail"];
 export type ErrorBody = Schemas["ErrorBody"];
+export type SimilarRequest = Schemas["SimilarRequest"];
+export type SimilarResponse = Schemas["SimilarResponse"];
+export type SimilarResult = SimilarResponse["results"][number];
 
 /** `POST /v1/leases/{contentType}/{key}` answers one of these (200, 201, 202). */
 export type LeaseAnswer =
