@@ -335,7 +335,9 @@ def test_the_session_service_takes_the_default_dimension(service, tokens):
         assert (schema["minItems"], schema["maxItems"]) == (1536, 1536)
 
 
-def test_the_openapi_document_states_the_configured_dimension():
+def test_the_openapi_document_states_the_configured_dimension(http):
+    served = http.get("/openapi.json").json()["components"]["schemas"]["SimilarRequest"]["properties"]["embedding"]
+    assert (served["minItems"], served["maxItems"]) == (DIM, DIM)  # the service's configured dimension
     document = openapi.document(3600, (), embedding_dim=DIM)
     schemas = document["components"]["schemas"]
     for schema in (schemas["SimilarRequest"]["properties"]["embedding"], schemas["PutEntry"]["properties"]["embedding"]["anyOf"][0]):
