@@ -239,7 +239,7 @@ def held(stack: LocalStack, statement: str, params: tuple = ()) -> Iterator[psyc
 
 
 def key_lock(user: uuid.UUID, content_type: str, key: str) -> tuple[str, tuple]:
-    """The advisory lock a PUT or DELETE of the triple takes (cachesvc.cache.store.LOCK_KEY)."""
+    """The advisory lock a PUT or DELETE of the triple takes (cachesvc.cache.statements.LOCK_KEY)."""
     return "SELECT pg_advisory_xact_lock(hashtextextended(%s || '/' || %s || '/' || %s, 0))", (str(user), content_type, key)
 
 

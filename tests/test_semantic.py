@@ -19,7 +19,7 @@ import pytest
 
 from cachesvc import migrations
 from cachesvc.api import openapi
-from cachesvc.cache.store import SemanticStatements, vector_literal
+from cachesvc.cache.statements import SemanticStatements, vector_literal
 from cachesvc.localstack import SUPERUSER, LocalStack
 from cachesvc.localstack.postgres import system_pg_bindirs
 from tests.harness import acting_as, as_service, as_user, connect, http_client, metric, running_service, wait_until

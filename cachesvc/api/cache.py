@@ -24,7 +24,7 @@ from cachesvc.api.identity import acting_user
 from cachesvc.api.wire import check_key, decode, json_response, read_body
 from cachesvc.auth import Actor
 from cachesvc.cache import models
-from cachesvc.cache.store import SemanticUnavailable
+from cachesvc.cache.statements import SemanticUnavailable
 from cachesvc.db.lsn import LSN_RE, parse_lsn
 from cachesvc.ratelimit import retry_after
 

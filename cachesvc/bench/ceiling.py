@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cachesvc.cache import store
+from cachesvc.cache import statements, store
 from cachesvc.db.transaction import Transactions
 from cachesvc.localstack import LocalStack, find_pg_bindir
 
@@ -56,7 +56,7 @@ def get_script(transactions: Transactions, request_timeout_s: float, users: int,
     key ``key-:k``), ``users`` users and keys 1..``keys`` drawn at random."""
     params = (Var(f"ARRAY[({USER_TEXT})::uuid]"), Var("ARRAY['chapter']"), Var("ARRAY['key-' || :k]"))
     query = transactions._query(
-        _Binder(), [(store.BATCH_GET, params)], store._reading_for([_USER_STANDIN]), True, None, request_timeout_s
+        _Binder(), [(statements.BATCH_GET, params)], store._reading_for([_USER_STANDIN]), True, None, request_timeout_s
     )
     compound = " \\;\n".join(part.strip() for part in query.split(";\n"))
     return f"\\set u random(1, {users})\n\\set k random(1, {keys})\n{compound};\n"

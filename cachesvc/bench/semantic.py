@@ -41,7 +41,7 @@ from cachesvc import auth
 from cachesvc.bench import loadgen
 from cachesvc.bench.measure import Service, user_uuid
 from cachesvc.bench.report import machine, say
-from cachesvc.cache.store import SemanticStatements
+from cachesvc.cache.statements import SemanticStatements
 from cachesvc.localstack import SUPERUSER, LocalStack
 from cachesvc.localstack.postgres import bundled_pg_bindir, find_pg_bindir
 

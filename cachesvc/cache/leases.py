@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from cachesvc.auth import Actor
 from cachesvc.cache.models import CacheEntry
-from cachesvc.cache.store import GET, LOCK_KEY, CacheStore
+from cachesvc.cache.statements import GET, LOCK_KEY
+from cachesvc.cache.store import CacheStore
 from cachesvc.db.transaction import Budget
 
 FIRST_POLL_S, LAST_POLL_S = 0.05, 0.5
