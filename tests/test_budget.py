@@ -17,6 +17,7 @@ import httpx2
 import pytest
 
 from cachesvc import auth
+from cachesvc.settings import Settings
 from tests.harness import LiveService, create_table, http_client, maintainer, running_service, throwaway_stack, wait_until
 
 BUDGET_S = 2.0
@@ -56,6 +57,8 @@ def requests(stack) -> list[tuple[str, str, str, dict | None, dict]]:
         ("features_lookup", "POST", "/v1/features/lookup", {"entityKeys": ["7", "8"]}, service),
         ("features_stats", "GET", "/v1/features/_stats", None, service),
         ("stats", "GET", "/v1/cache/stats", None, user),
+        ("lease", "POST", "/v1/leases/chapter/k3", {"waitMs": 5000}, user),  # long poll: each attempt in budget
+        ("similar", "POST", "/v1/cache/chapter/similar", {"embedding": [1.0] * Settings().semantic.embedding_dim}, user),
     ]
 
 
@@ -92,7 +95,7 @@ def serves_again(service: LiveService, stack, timeout: float = 30) -> None:
                 name, method, path, body, headers = pending[0]
                 if (res := http.request(method, path, json=body, headers=headers)).status_code == 503:
                     return False
-                assert res.status_code in (200, 201, 404), f"{name}: {res.status_code} {res.text}"
+                assert res.status_code in (200, 201, 202, 404), f"{name}: {res.status_code} {res.text}"
                 pending.pop(0)
             return True
 
