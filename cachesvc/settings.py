@@ -204,6 +204,7 @@ class FeatureSettings:
 MAX_COSINE_DISTANCE = 2.0
 # pgvector's `vector` holds at most 16,000 dimensions.
 MAX_EMBEDDING_DIM = 16_000
+MAX_SIMILARITY_CANDIDATES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,12 +219,19 @@ class SemanticSettings:
         0.1, env="SIMILARITY_MAX_DISTANCE",
         help="default maxDistance of POST /v1/cache/{contentType}/similar: the largest cosine distance (0-2) that is a match",
     )
+    candidates: int = _setting(
+        40, env="SIMILARITY_CANDIDATES",
+        help="entries a similarity search compares exactly, chosen first by their sign bits (Hamming distance);"
+        " 0 compares every entry of the user (exact, slower past a few hundred entries per user)",
+    )
 
     def validate(self) -> None:
         if not 1 <= self.embedding_dim <= MAX_EMBEDDING_DIM:
             raise SettingsError(f"{PREFIX}EMBEDDING_DIM must be between 1 and {MAX_EMBEDDING_DIM}")
         if not 0 <= self.max_distance <= MAX_COSINE_DISTANCE:
             raise SettingsError(f"{PREFIX}SIMILARITY_MAX_DISTANCE must be between 0 and {MAX_COSINE_DISTANCE:g}")
+        if not 0 <= self.candidates <= MAX_SIMILARITY_CANDIDATES:
+            raise SettingsError(f"{PREFIX}SIMILARITY_CANDIDATES must be between 0 and {MAX_SIMILARITY_CANDIDATES}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import pytest
 
 from cachesvc import migrations
 from cachesvc.api import openapi
-from cachesvc.cache.statements import SemanticStatements, vector_literal
+from cachesvc.cache.statements import SemanticStatements, sign_bits, vector_literal
 from cachesvc.localstack import SUPERUSER, LocalStack
 from cachesvc.localstack.postgres import system_pg_bindirs
 from tests.harness import acting_as, as_service, as_user, connect, http_client, metric, running_service, wait_until
@@ -201,16 +201,24 @@ def test_concurrent_searches_of_users_with_identical_embeddings_see_their_own(ht
     assert metric(semantic, "cachesvc_reads_coalesced_total") > coalesced_before  # GETs did share transactions
 
 
-def test_row_level_security_holds_for_the_similarity_statement(stack, admin):
-    """The service's own statement, run as the app's login for another user than the one set:
+def search_params(user, query: list[float], **extra) -> dict:
+    """The parameters of both similarity statements, as the store sends them."""
+    return {"user": user, "ct": CT, "query": vector_literal(query), "dim": len(query), "max_distance": 2.0,
+            "limit": 20, "bits": sign_bits(query), "candidates": 40} | extra
+
+
+@pytest.mark.parametrize("way", ["similar", "similar_exact"])
+def test_row_level_security_holds_for_the_similarity_statement(stack, admin, way):
+    """The service's own statements, run as the app's login for another user than the one set:
     row-level security returns nothing (the explicit user_id filter is not the only wall)."""
     owner, intruder = uuid.uuid4(), uuid.uuid4()
     v = [1.0] + [0.0] * (DIM - 1)
     admin.execute(
-        "INSERT INTO infinite_pages_cache_partitioned (user_id, content_type, cache_key, content, expires_at, embedding)"
-        " VALUES (%s, %s, 'k', '1', now() + interval '1 hour', %s::extensions.vector)", (owner, CT, vector_literal(v)))
-    statement = SemanticStatements.in_schema("extensions").similar
-    params = {"user": owner, "ct": CT, "query": vector_literal(v), "dim": DIM, "max_distance": 2.0, "limit": 20}
+        "INSERT INTO infinite_pages_cache_partitioned (user_id, content_type, cache_key, content, expires_at, embedding,"
+        " embedding_bits) VALUES (%s, %s, 'k', '1', now() + interval '1 hour', %s::extensions.vector, %s::varbit)",
+        (owner, CT, vector_literal(v), sign_bits(v)))
+    statement = getattr(SemanticStatements.in_schema("extensions"), way)
+    params = search_params(owner, v)
     with connect(stack, "cachesvc_app") as conn:
         with acting_as(conn, intruder):
             assert conn.execute(statement, params).fetchall() == []
@@ -222,8 +230,87 @@ def test_row_level_security_holds_for_the_similarity_statement(stack, admin):
         partition = admin.execute(
             "SELECT tableoid::regclass::text FROM infinite_pages_cache_partitioned WHERE user_id = %s", (owner,)
         ).fetchone()[0]
-        with acting_as(conn, owner), pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(f"SELECT embedding FROM {partition}")
+        for column in ("embedding", "embedding_bits"):
+            with acting_as(conn, owner), pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"SELECT {column} FROM {partition}")
+
+
+def test_the_prefilter_reads_the_users_bits_from_the_covering_index_under_rls(stack, http, tokens, admin):
+    """As the app's login under row-level security, the candidates come from an index-only scan
+    of infinite_pages_cache_semantic_idx (the policy's column is in the index): heap pages are
+    read for the candidates only. Scans that would read the heap for every entry are turned off
+    so that the plan shows whether an index-only scan is possible at all on this small table."""
+    user = uuid.uuid4()
+    rng = random.Random(12)
+    for n in range(5):
+        put(http, as_user(tokens, user), f"k{n}", rand_vector(rng))
+    statement = SemanticStatements.in_schema("extensions").similar
+    with connect(stack, "cachesvc_app") as conn, acting_as(conn, user):
+        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SET LOCAL enable_bitmapscan = off")
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement, search_params(user, rand_vector(rng))))
+    partition_indexes = [name for (name,) in admin.execute(
+        "SELECT relid::regclass::text FROM pg_partition_tree('infinite_pages_cache_semantic_idx') WHERE isleaf")]
+    assert partition_indexes
+    assert any(f"Index Only Scan using {name} " in plan for name in partition_indexes), plan
+
+
+def test_a_put_stores_the_sign_bits_pgvector_computes(http, tokens, admin):
+    """The PUT writes embedding_bits from the service (one per number: above 0) beside the
+    vector; they are exactly pgvector's binary_quantize of the stored vector, zeros and
+    negative zeros included, so the prefilter compares what the backfill of 0010 computes."""
+    user = uuid.uuid4()
+    rng = random.Random(3)
+    vectors = [rand_vector(rng) for _ in range(10)] + [[0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, 0.5, 0.0]]
+    for n, v in enumerate(vectors):
+        assert put(http, as_user(tokens, user), f"k{n}", v).status_code == 201
+    rows = admin.execute(
+        "SELECT cache_key, embedding_bits::text, extensions.binary_quantize(embedding)::text"
+        " FROM infinite_pages_cache_partitioned WHERE user_id = %s ORDER BY cache_key", (user,)).fetchall()
+    assert len(rows) == len(vectors)
+    for key, stored, quantized in rows:
+        assert stored == quantized and len(stored) == DIM, (key, stored, quantized)
+
+
+def test_the_prefiltered_search_equals_the_exact_scan_within_the_candidates(stack, http, tokens):
+    """A user with fewer entries than candidates gets the exact answer: the same entries, in the
+    same order, at the same distances as the exact scan run as that user."""
+    user = uuid.uuid4()
+    rng = random.Random(21)
+    for n in range(30):
+        put(http, as_user(tokens, user), f"k{n}", rand_vector(rng))
+    exact = SemanticStatements.in_schema("extensions").similar_exact
+    with connect(stack, "cachesvc_app") as conn:
+        for _ in range(15):
+            q = rand_vector(rng)
+            found = similar(http, as_user(tokens, user), q, maxDistance=2, limit=20).json()["results"]
+            with acting_as(conn, user):
+                expected = [(row[3], row[12]) for row in conn.execute(exact, search_params(user, q))]
+            assert len(found) == 20
+            assert [r["entry"]["key"] for r in found] == [key for key, _ in expected]
+            assert [r["distance"] for r in found] == pytest.approx([d for _, d in expected], abs=1e-6)
+
+
+def test_a_limit_above_the_candidates_still_gets_limit_results(stack, tokens, tmp_path):
+    """CACHESVC_SIMILARITY_CANDIDATES below the request's limit: the limit wins (the search
+    compares at least `limit` entries exactly); 0 is the exact scan."""
+    user = uuid.uuid4()
+    rng = random.Random(5)
+    vectors = [rand_vector(rng) for _ in range(6)]
+    for candidates in ("1", "0"):
+        with running_service(stack, tmp_path / f"candidates-{candidates}.log", embedding_dim=str(DIM),
+                             similarity_candidates=candidates) as live, http_client(live) as client:
+            h = as_user(tokens, user)
+            if candidates == "1":
+                for n, v in enumerate(vectors):
+                    put(client, h, f"k{n}", v)
+            found = similar(client, h, vectors[0], maxDistance=2, limit=5).json()["results"]
+            assert len(found) == 5 and found[0]["entry"]["key"] == "k0", (candidates, found)
+            distances = [r["distance"] for r in found]
+            assert distances == sorted(distances)
+            if candidates == "0":  # the exact scan: the 5 nearest of the 6
+                expected = sorted(range(6), key=lambda n: cosine_distance(vectors[0], vectors[n]))[:5]
+                assert [r["entry"]["key"] for r in found] == [f"k{n}" for n in expected]
 
 
 def test_embeddings_never_appear_in_audit_rows(http, tokens, admin):
@@ -445,17 +532,21 @@ def test_migration_uses_pgvector_wherever_it_already_is(stack):
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION vector WITH SCHEMA public")
-        migrations.upgrade(url)
+        migrations.upgrade(url, "0009")  # an entry stored before the prefilter's column (0010)
         user = uuid.uuid4()
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.execute(column).fetchall() == [("vector",)]  # public.vector, on the search path
             conn.execute(
                 "INSERT INTO infinite_pages_cache_partitioned (user_id, content_type, cache_key, content, expires_at, embedding)"
-                " VALUES (%s, %s, 'k', '1', now() + interval '1 hour', '[1,0,0]')", (user, CT))
-            statement = SemanticStatements.in_schema("public").similar
-            found = conn.execute(statement, {"user": user, "ct": CT, "query": "[1,0.1,0]", "dim": 3,
-                                             "max_distance": 0.1, "limit": 1}).fetchall()
-            assert [row[3] for row in found] == ["k"]
+                " VALUES (%s, %s, 'k', '1', now() + interval '1 hour', '[1,-0.5,0]')", (user, CT))
+        migrations.upgrade(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT embedding_bits::text FROM infinite_pages_cache_partitioned").fetchall() == [("100",)]
+            statements = SemanticStatements.in_schema("public")
+            for statement in (statements.similar, statements.similar_exact):
+                found = conn.execute(statement, {"user": user, "ct": CT, "query": "[1,-0.4,0]", "dim": 3, "bits": "100",
+                                                 "candidates": 40, "max_distance": 0.1, "limit": 1}).fetchall()
+                assert [row[3] for row in found] == ["k"]
         migrations.downgrade(url, "0007")
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.execute(column).fetchall() == []

@@ -146,7 +146,7 @@ async def similar(request: Request) -> Response:
     try:
         results = await ctx.store.similar(
             actor.user_id, content_type, query, max_distance=max_distance, limit=int(body.limit),
-            after_lsn=_after_lsn(request),
+            candidates=ctx.settings.semantic.candidates, after_lsn=_after_lsn(request),
         )
     except SemanticUnavailable:
         raise semantic_unavailable(ctx) from None

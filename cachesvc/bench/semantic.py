@@ -41,7 +41,7 @@ from cachesvc import auth
 from cachesvc.bench import loadgen
 from cachesvc.bench.measure import Service, user_uuid
 from cachesvc.bench.report import machine, say
-from cachesvc.cache.statements import SemanticStatements
+from cachesvc.cache.statements import SemanticStatements, sign_bits
 from cachesvc.localstack import SUPERUSER, LocalStack
 from cachesvc.localstack.postgres import bundled_pg_bindir, find_pg_bindir
 
@@ -81,10 +81,11 @@ def grow(conn: psycopg.Connection, start: int, stop: int) -> None:
     conn.execute(
         f"""
         INSERT INTO infinite_pages_cache_partitioned
-               (user_id, content_type, cache_key, content, token_count, cost_usd, model, expires_at, embedding)
+               (user_id, content_type, cache_key, content, token_count, cost_usd, model, expires_at, embedding,
+                embedding_bits)
         SELECT ('00000000-0000-4000-8000-' || lpad((mod(g, {USERS}) + 1)::text, 12, '0'))::uuid, %s, 'prompt-' || g,
                '{{"text": "a chapter generated for this prompt"}}', 1500, 0.02, 'gpt-x', now() + interval '30 days',
-               c.v + a.v + b.v
+               c.v + a.v + b.v, extensions.binary_quantize(c.v + a.v + b.v)::bit varying
           FROM generate_series(%s::bigint, %s::bigint - 1) AS g
           JOIN bench.centroids c ON c.n = {_draw('g', 1, TOPICS)}
           JOIN bench.noise_a a ON a.n = {_draw('g', 2, POOL)}
@@ -137,13 +138,16 @@ def _summary(seconds: list[float]) -> dict:
             "mean_ms": round(statistics.fmean(ordered) * 1000, 3)}
 
 
-def exact(conn: psycopg.Connection, qs: list[dict], dim: int) -> tuple[list[tuple | None], dict]:
-    """Each query's nearest entry by the service's statement (no maxDistance), and its latency."""
-    statement = SemanticStatements.in_schema("extensions").similar
+def exact(conn: psycopg.Connection, qs: list[dict], dim: int, candidates: int = 0) -> tuple[list[tuple | None], dict]:
+    """Each query's nearest entry by the service's statement (no maxDistance), and its latency:
+    the exact scan (``candidates`` 0), or the prefilter keeping ``candidates`` by sign bits."""
+    statements = SemanticStatements.in_schema("extensions")
+    statement = statements.similar if candidates else statements.similar_exact
     answers, times = [], []
     for q in qs:
-        params = {"user": q["user"], "ct": CONTENT_TYPE, "query": str(_unit(q["vector"])).replace(" ", ""), "dim": dim,
-                  "max_distance": 2.0, "limit": 1}
+        unit = _unit(q["vector"])
+        params = {"user": q["user"], "ct": CONTENT_TYPE, "query": str(unit).replace(" ", ""), "dim": dim,
+                  "max_distance": 2.0, "limit": 1, "bits": sign_bits(unit), "candidates": candidates}
         elapsed, rows = _timed(conn, statement, params)
         times.append(elapsed)
         answers.append((rows[0][0], rows[0][12]) if rows else None)
@@ -262,7 +266,7 @@ def http_similar(service: Service, secret: str, qs: list[dict], rate: int, secon
 
 def measure(dims: list[int], sizes: list[int], *, hnsw_max_rows: int, max_rows_by_dim: dict[int, int],
             n_queries: int, rate: int, seconds: int, ef_searches: list[int], shared_buffers: str,
-            storage_rows: int = 0) -> dict:
+            storage_rows: int = 0, candidates: list[int] = (40,)) -> dict:
     bindir = bundled_pg_bindir() or find_pg_bindir()
     home = Path(tempfile.mkdtemp(prefix="cachesvc-bench-semantic-"))
     stack = LocalStack.throwaway(home, bindir=bindir, fsync="on", synchronous_commit="on", full_page_writes="on",
@@ -282,7 +286,7 @@ def measure(dims: list[int], sizes: list[int], *, hnsw_max_rows: int, max_rows_b
                     say(f"dimension {dim}: the embedding in the row or out of it, {storage_rows:,} entries")
                     results.setdefault("storage", {})[str(dim)] = storage_comparison(conn, dim, storage_rows, n_queries)
                     say(f"  -> {json.dumps(results['storage'][str(dim)])}")
-                service = Service(stack, home, secret, embedding_dim=str(dim))
+                service = Service(stack, home, secret, embedding_dim=str(dim), similarity_candidates=str(candidates[0]))
                 try:
                     if dim == dims[0]:
                         results["put_cost"] = {}
@@ -303,6 +307,12 @@ def measure(dims: list[int], sizes: list[int], *, hnsw_max_rows: int, max_rows_b
                         say(f"  exact: {len(qs)} queries")
                         truth, run["exact_sql"] = exact(conn, qs, dim)
                         run["exact_sql_again"] = exact(conn, qs, dim)[1]  # warm
+                        run["prefilter"] = {}
+                        for n in candidates:
+                            say(f"  prefilter, {n} candidates")
+                            exact(conn, qs, dim, n)  # warm
+                            found, latency = exact(conn, qs, dim, n)
+                            run["prefilter"][str(n)] = {"recall_at_1": recall(truth, found, qs), **latency}
                         say(f"  HTTP similar, open loop at {rate} req/s for {seconds}s")
                         run["http_similar"] = http_similar(service, secret, qs, rate, seconds)
                         say(f"  HTTP GET (the same service's fixed cost), open loop at {rate} req/s for {seconds}s")
@@ -342,8 +352,11 @@ def write_section(out: Path, argv: list[str], results: dict) -> None:
         hnsw = "; ".join(f"{k}: recall@1 {h[k]['recall_at_1']['all']} (near {h[k]['recall_at_1']['near']},"
                          f" novel {h[k]['recall_at_1']['novel']}), p50 {h[k]['p50_ms']} ms, p99 {h[k]['p99_ms']} ms"
                          for k in efs)
+        prefilter = "; ".join(f"{n}: recall@1 {v['recall_at_1']['all']} (near {v['recall_at_1']['near']}, novel"
+                              f" {v['recall_at_1']['novel']}), p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms"
+                              for n, v in r.get("prefilter", {}).items())
         rows.append(f"| {r['dim']} | {r['rows']:,} | {r['table_mb']} MB | exact: p50 {r['exact_sql_again']['p50_ms']} ms,"
-                    f" p99 {r['exact_sql_again']['p99_ms']} ms | {r['http_similar']['rps']} req/s: p50"
+                    f" p99 {r['exact_sql_again']['p99_ms']} ms | {prefilter} | {r['http_similar']['rps']} req/s: p50"
                     f" {r['http_similar']['p50_ms']} ms, p99 {r['http_similar']['p99_ms']} ms (GET: p50"
                     f" {r['http_get']['p50_ms']} ms, p99 {r['http_get']['p99_ms']} ms) |"
                     f" {('build ' + str(h['build_s']) + ' s, ' + str(h['size_mb']) + ' MB; ' + hnsw) if h else 'not built'} |")
@@ -356,8 +369,9 @@ def write_section(out: Path, argv: list[str], results: dict) -> None:
         f"Machine: {machine()}.\n\n"
         f"Data: {USERS:,} users sharing the cache evenly, one content type; {TOPICS} topics; queries half near "
         f"duplicates, half novel prompts; recall@1 against the exact answer.\n\n"
-        "| dim | entries | table | exact scan (SQL) | HTTP similar, open loop | HNSW (iterative scan) |\n"
-        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
+        "| dim | entries | table | exact scan (SQL) | prefilter by candidates (SQL) | HTTP similar, open loop"
+        " (the first candidates) | HNSW (iterative scan) |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
         f"PUT, open loop: {puts}.\n\n"
         f"Raw figures:\n\n```json\n{json.dumps(results, indent=1)}\n```\n{SECTION_END}\n"
     )
@@ -378,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows-1536", type=int, default=100_000, help="largest size at dimension 1536")
     parser.add_argument("--hnsw-max-rows", type=int, default=100_000, help="largest size an HNSW index is built at")
     parser.add_argument("--ef-search", default="40,200", help="hnsw.ef_search values measured")
+    parser.add_argument("--candidates", default="40,20,80",
+                        help="CACHESVC_SIMILARITY_CANDIDATES values measured in SQL; the first is the service's")
     parser.add_argument("--queries", type=int, default=200, help="queries for recall and SQL latency")
     parser.add_argument("--rate", type=int, default=100, help="open-loop rate of the HTTP runs (req/s)")
     parser.add_argument("--seconds", type=int, default=20, help="length of each open-loop run")
@@ -392,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         hnsw_max_rows=args.hnsw_max_rows, max_rows_by_dim={1536: args.max_rows_1536}, n_queries=args.queries,
         rate=args.rate, seconds=args.seconds, ef_searches=[int(e) for e in args.ef_search.split(",")],
         shared_buffers=args.shared_buffers, storage_rows=args.storage_rows,
+        candidates=[int(n) for n in args.candidates.split(",")],
     )
     sys.stdout.write(json.dumps(results, indent=2) + "\n")
     if args.out is not None:

@@ -138,7 +138,7 @@ SELECT content_type, sum(hits)::bigint, sum(misses)::bigint, sum(semantic_hits):
 # -- the semantic cache ------------------------------------------------------------------------
 
 # The schema of pgvector's type, found through the embedding column (none: no semantic cache),
-# where pgvector is 0.7 or later (l2_normalize).
+# where pgvector is 0.7 or later (l2_normalize) and the prefilter's column exists (migration 0010).
 EMBEDDING_TYPE_SCHEMA = """
 SELECT n.nspname
   FROM pg_attribute a
@@ -146,23 +146,54 @@ SELECT n.nspname
   JOIN pg_namespace n ON n.oid = t.typnamespace
  WHERE a.attrelid = 'infinite_pages_cache_partitioned'::regclass
    AND a.attname = 'embedding' AND NOT a.attisdropped AND t.typname = 'vector'
+   AND EXISTS (SELECT 1 FROM pg_attribute b WHERE b.attrelid = a.attrelid AND b.attname = 'embedding_bits' AND NOT b.attisdropped)
    AND EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = 'l2_normalize' AND p.pronamespace = n.oid)
 """
 RECHECK_MISSING_S = 60.0  # a missing pgvector is looked for again after this long
 
-# The caller's live entries of one content type, nearest first: an exact scan of the user's
-# rows through the lookup index (user_id, content_type, …), every distance computed, the
-# nearest kept (docs/semantic.md: measured against HNSW), and only then their columns read
-# (computing them for every scanned row cost a third of the time). Vectors of another
-# dimension (the setting changed) are skipped, never compared. Stored vectors have length 1
-# (see the PUT); the query is made so too.
-SIMILAR_TEMPLATE = f"""
+# The caller's live entries of one content type, nearest first, by cosine distance. Vectors of
+# another dimension (the setting changed) are skipped, never compared. Stored vectors have
+# length 1 (see the PUT); the query is made so too. Two ways (docs/semantic.md measures both):
+#
+# The exact scan (CACHESVC_SIMILARITY_CANDIDATES=0): every live entry of the user read through
+# the lookup index (user_id, content_type, …), every distance computed, the nearest kept, and
+# only then their columns read (computing them for every scanned row cost a third of the time).
+# It visits one heap page per entry of the user.
+SIMILAR_EXACT_TEMPLATE = f"""
 SELECT {ENTRY_COLUMNS}, nearest.distance
   FROM (SELECT e.id AS nearest_id, e.created_at AS nearest_created_at,
                e.embedding OPERATOR({{schema}}.<=>) {{schema}}.l2_normalize(%(query)s::{{schema}}.vector) AS distance
           FROM infinite_pages_cache_partitioned AS e
          WHERE e.user_id = %(user)s AND e.content_type = %(ct)s AND e.expires_at > now()
            AND e.embedding IS NOT NULL AND {{schema}}.vector_dims(e.embedding) = %(dim)s
+         ORDER BY distance, e.created_at DESC, e.id
+         LIMIT %(limit)s) AS nearest
+  JOIN infinite_pages_cache_partitioned
+    ON id = nearest.nearest_id AND created_at = nearest.nearest_created_at
+ WHERE nearest.distance <= %(max_distance)s
+ ORDER BY nearest.distance, created_at DESC, id
+"""
+
+# The prefiltered search (the default): the user's live entries' bits (one per number, its
+# sign: ``embedding_bits``) read side by side from the covering index
+# infinite_pages_cache_semantic_idx by an index-only scan, the ``candidates`` nearest by
+# Hamming distance kept, and the exact cosine distance computed for those only, reading their
+# vectors (of the dimension asked: bits written apart from their vector are not trusted). An
+# entry outside the candidates is never returned, so this is exact whenever the user has no
+# more entries than candidates, and measured as recall@1 otherwise.
+SIMILAR_TEMPLATE = f"""
+SELECT {ENTRY_COLUMNS}, nearest.distance
+  FROM (SELECT e.id AS nearest_id, e.created_at AS nearest_created_at,
+               e.embedding OPERATOR({{schema}}.<=>) {{schema}}.l2_normalize(%(query)s::{{schema}}.vector) AS distance
+          FROM (SELECT c.id, c.created_at
+                  FROM infinite_pages_cache_partitioned AS c
+                 WHERE c.user_id = %(user)s AND c.content_type = %(ct)s AND c.expires_at > now()
+                   AND c.embedding_bits IS NOT NULL AND length(c.embedding_bits) = %(dim)s
+                 ORDER BY c.embedding_bits OPERATOR({{schema}}.<~>) %(bits)s::bit varying
+                 LIMIT %(candidates)s) AS candidate
+          JOIN infinite_pages_cache_partitioned AS e
+            ON e.id = candidate.id AND e.created_at = candidate.created_at
+         WHERE {{schema}}.vector_dims(e.embedding) = %(dim)s
          ORDER BY distance, e.created_at DESC, e.id
          LIMIT %(limit)s) AS nearest
   JOIN infinite_pages_cache_partitioned
@@ -182,14 +213,18 @@ class SemanticStatements:
 
     put: str
     similar: str
+    similar_exact: str
 
     @classmethod
     def in_schema(cls, schema: str) -> SemanticStatements:
         quoted = '"' + schema.replace('"', '""') + '"'
         return cls(
-            put=PUT_TEMPLATE.format(embedding_column=", embedding",
-                                    embedding_value=f", {quoted}.l2_normalize(%(embedding)s::{quoted}.vector)"),
+            put=PUT_TEMPLATE.format(
+                embedding_column=", embedding, embedding_bits",
+                embedding_value=f", {quoted}.l2_normalize(%(embedding)s::{quoted}.vector), %(embedding_bits)s::bit varying",
+            ),
             similar=SIMILAR_TEMPLATE.format(schema=quoted),
+            similar_exact=SIMILAR_EXACT_TEMPLATE.format(schema=quoted),
         )
 
 
@@ -200,3 +235,9 @@ def vector_literal(values: Sequence[float]) -> str:
     """pgvector's text form of a vector, ``[0.1,-0.2,…]``: a JSON array of numbers (msgspec
     writes it ten times faster than joining ``repr``s, which cost 2.8 ms at 1,536 numbers)."""
     return _encode_json(values).decode()
+
+
+def sign_bits(values: Sequence[float]) -> str:
+    """The text of pgvector's ``binary_quantize`` of a vector: ``1`` for each number above 0,
+    else ``0`` (what the PUT stores as ``embedding_bits`` and a search compares with it)."""
+    return "".join("1" if x > 0 else "0" for x in values)

@@ -51,6 +51,7 @@ from cachesvc.cache.statements import (
     SemanticStatements,
     SemanticUnavailable,
     WAL_POSITION,
+    sign_bits,
     vector_literal,
 )
 from cachesvc.cache.models import (
@@ -237,10 +238,12 @@ class CacheStore:
 
     async def similar(
         self, user_id: uuid.UUID, content_type: str, query: Sequence[float], *, max_distance: float, limit: int,
-        after_lsn: int | None = None,
+        candidates: int, after_lsn: int | None = None,
     ) -> list[SimilarResult]:
         """The user's live entries of ``content_type`` within ``max_distance`` (cosine) of
-        ``query``, nearest first, at most ``limit``.
+        ``query``, nearest first, at most ``limit``: among the ``candidates`` nearest by their
+        sign bits (at least ``limit``), or among all of them when ``candidates`` is 0 (the
+        exact scan; statements.py, docs/semantic.md).
 
         A search that finds one counts one semantic hit, on the nearest entry (the one a
         client reuses); one that finds none counts nothing."""
@@ -249,8 +252,13 @@ class CacheStore:
             "user": user_id, "ct": content_type, "query": vector_literal(query), "dim": len(query),
             "max_distance": max_distance, "limit": limit,
         }
+        if candidates:
+            statement = statements.similar
+            params |= {"bits": sign_bits(query), "candidates": max(candidates, limit)}
+        else:
+            statement = statements.similar_exact
         target = self.router.choose((user_id,), after_lsn)
-        (rows,) = await self.reads.run(target, [(statements.similar, params)], context=_acting_as(user_id))
+        (rows,) = await self.reads.run(target, [(statement, params)], context=_acting_as(user_id))
         results = []
         for n, row in enumerate(rows):
             entry = self.count_hit(user_id, row, semantic=True) if n == 0 else self._pending_hits(_entry(row))
@@ -295,6 +303,7 @@ class CacheStore:
             "actor": actor.label,
             "request_id": actor.request_id,
             "embedding": None if embedding is None else vector_literal(embedding),
+            "embedding_bits": None if embedding is None else sign_bits(embedding),
         }
         # PUT by key is idempotent (the same PUT again leaves the same single live entry), so
         # it may be retried after a dropped connection; DELETE and erase are not retried, as
