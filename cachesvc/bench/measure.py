@@ -9,7 +9,14 @@ in transaction mode), seeds the cache, starts the service as production runs it,
 2. service GET: closed-loop throughput (wrk), and latency at fixed open-loop rates;
 3. service PUT: throughput and latency;
 4. feature lookups over the demo tables, 1 and 10 keys, at a fixed open-loop rate;
-5. with ``scale``: GET latency again with 10M cache rows.
+5. the feature path against its ceiling, side by side: pgbench running the transaction the
+   service sends for ``GET /v1/features/{key}?tables=<every demo table>`` (``ceiling.py``),
+   then the service's closed-loop throughput (wrk) of that request, at the same concurrency;
+6. the first feature lookup after a PostgreSQL restart against the warm p50 (``restart.py``);
+7. with ``scale``: GET latency again with 10M cache rows.
+
+The server CPU per request (service / PgBouncer / PostgreSQL, ``cpu.py``) comes with each
+run; a ceiling's is per pgbench transaction (no service: pgbench, like wrk, is not counted).
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ from pathlib import Path
 import psycopg
 
 from cachesvc import auth
-from cachesvc.bench import cpu, loadgen
-from cachesvc.bench.ceiling import pgbench_ceiling
+from cachesvc.bench import cpu, loadgen, restart
+from cachesvc.bench.ceiling import pgbench_ceiling, pgbench_feature_ceiling
 from cachesvc.bench.report import say
 from cachesvc.bench.wrk import wrk
 from cachesvc.features import demo
@@ -56,12 +63,14 @@ def seed(stack: LocalStack, users: int, keys: int) -> None:
 
 
 class Service(ServiceProcess):
-    """The service as production runs it (rate limiting off, for the ceiling comparison), ready."""
+    """The service as production runs it (rate limiting off, for the ceiling comparison), ready
+    (unless ``ready=False``: then only started)."""
 
-    def __init__(self, stack: LocalStack, home: Path, secret: str, **settings: str) -> None:
+    def __init__(self, stack: LocalStack, home: Path, secret: str, *, ready: bool = True, **settings: str) -> None:
         production = {"env": "production", "jwt_secret": secret, "rate_limit_per_s": "0"}
         super().__init__(stack, home / f"service-{uuid.uuid4().hex[:8]}.log", **(production | settings))
-        self.wait_ready(60)
+        if ready:
+            self.wait_ready(60)
 
 
 def get_requests(secret: str, port: int, hit_ratio: float = 0.8, count: int = 2000) -> list[bytes]:
@@ -93,12 +102,24 @@ def put_requests(secret: str, port: int, count: int = 2000) -> list[bytes]:
     return reqs
 
 
+def feature_headers(secret: str) -> dict[str, str]:
+    token = auth.mint(secret, sub="bench", role=auth.SERVICE_ROLE, ttl_seconds=86400)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def feature_paths(rows: int, tables: list[str], count: int = 2000, seed: int = 30) -> list[str]:
+    """``GET /v1/features/{key}?tables=<tables>`` paths, keys 1..``rows`` at random."""
+    import random
+
+    rng = random.Random(seed)
+    return [f"/v1/features/{rng.randint(1, rows)}?tables={','.join(tables)}" for _ in range(count)]
+
+
 def feature_requests(secret: str, port: int, n_keys: int, rows: int, count: int = 2000) -> list[bytes]:
     import random
 
     rng = random.Random(n_keys)
-    token = auth.mint(secret, sub="bench", role=auth.SERVICE_ROLE, ttl_seconds=86400)
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = feature_headers(secret)
     if n_keys == 1:
         return [loadgen.build_request("GET", f"/v1/features/{rng.randint(1, rows)}", f"127.0.0.1:{port}", headers)
                 for _ in range(count)]
@@ -145,6 +166,20 @@ def with_cpu(stack: LocalStack, service: Service, run) -> dict:
     return summary | {"cpu_ms_per_request": cpu.per_request(used, summary.get("requests") or 0)}
 
 
+def ceiling_with_cpu(stack: LocalStack, run) -> dict:
+    """A pgbench run's summary, with PgBouncer's and PostgreSQL's CPU per transaction."""
+    servers = {"pgbouncer": stack.bouncer.proc.pid, "postgres": stack.postgres.proc.pid}
+    with cpu.measured(servers) as used:
+        summary = run()
+    return summary | {"cpu_ms_per_request": cpu.per_request(used, summary["transactions"])}
+
+
+def closed_loop(service: Service, requests: list[bytes], home: Path, clients: int, seconds: int) -> dict:
+    """Closed-loop throughput: wrk when installed, else the built-in generator."""
+    return wrk(service.port, requests, home, clients, seconds) or asyncio.run(
+        loadgen.closed_loop("127.0.0.1", service.port, requests, seconds, clients)).summary()
+
+
 def measure(*, seconds: int, clients: int, rates: list[int], scale: bool, feature_tables: int, feature_rows: int) -> dict:
     """Every figure of the benchmark, by name (see the module docstring), on a stack of its own."""
     home = Path(tempfile.mkdtemp(prefix="cachesvc-bench-"))
@@ -163,18 +198,17 @@ def measure(*, seconds: int, clients: int, rates: list[int], scale: bool, featur
             say("warming up")
             asyncio.run(loadgen.closed_loop("127.0.0.1", service.port, gets, 3, connections=8))
             say(f"ceiling: pgbench, {clients} clients, {seconds}s")
-            results["ceiling"] = pgbench_ceiling(stack, home, clients, seconds, USERS, int(KEYS_PER_USER / 0.8))
+            results["ceiling"] = ceiling_with_cpu(stack, lambda: pgbench_ceiling(
+                stack, home, clients, seconds, USERS, int(KEYS_PER_USER / 0.8)))
             say(f"service GET closed loop, {clients} connections, {seconds}s")
-            results["get_closed"] = with_cpu(stack, service, lambda: wrk(service.port, gets, home, clients, seconds) or asyncio.run(
-                loadgen.closed_loop("127.0.0.1", service.port, gets, seconds, clients)).summary())
+            results["get_closed"] = with_cpu(stack, service, lambda: closed_loop(service, gets, home, clients, seconds))
             for rate in rates:
                 say(f"service GET open loop at {rate} req/s")
                 results[f"get_open_{rate}"] = with_cpu(stack, service, lambda rate=rate: asyncio.run(
                     loadgen.open_loop("127.0.0.1", service.port, gets, rate, seconds)).summary())
             puts = put_requests(secret, service.port)
             say("service PUT closed loop")
-            results["put_closed"] = with_cpu(stack, service, lambda: wrk(service.port, puts, home, clients, seconds) or asyncio.run(
-                loadgen.closed_loop("127.0.0.1", service.port, puts, seconds, clients)).summary())
+            results["put_closed"] = with_cpu(stack, service, lambda: closed_loop(service, puts, home, clients, seconds))
             say("service PUT open loop at 300 req/s")
             results["put_open_300"] = with_cpu(stack, service, lambda: asyncio.run(
                 loadgen.open_loop("127.0.0.1", service.port, puts, 300, seconds)).summary())
@@ -192,7 +226,22 @@ def measure(*, seconds: int, clients: int, rates: list[int], scale: bool, featur
                 reqs = feature_requests(secret, service.port, n_keys, feature_rows)
                 results[f"features_{n_keys}key_200"] = with_cpu(stack, service, lambda reqs=reqs: asyncio.run(
                     loadgen.open_loop("127.0.0.1", service.port, reqs, 200, seconds)).summary())
+            if feature_tables:
+                tables = demo.table_names(feature_tables)
+                headers = feature_headers(secret)
+                paths = feature_paths(feature_rows, tables)
+                say(f"feature ceiling: pgbench, 1 key x {feature_tables} tables, {clients} clients, {seconds}s")
+                results["features_ceiling"] = ceiling_with_cpu(stack, lambda: pgbench_feature_ceiling(
+                    stack, home, clients, seconds, tables, feature_rows))
+                say(f"service feature lookup closed loop, 1 key x {feature_tables} tables, {clients} connections, {seconds}s")
+                reqs = [loadgen.build_request("GET", path, f"127.0.0.1:{service.port}", headers) for path in paths]
+                results["features_closed"] = with_cpu(stack, service, lambda: closed_loop(service, reqs, home, clients, seconds))
+                say("feature lookup: first request after a PostgreSQL restart, against the warm p50")
+                after, service = restart.after_restart(stack, service, lambda: Service(stack, home, secret, ready=False),
+                                                       paths, headers)
+                results |= {f"features_after_restart_{case}": value for case, value in after.items()}
             if scale:
+                service = service or Service(stack, home, secret)
                 say("seeding to 10M rows (this takes a while)")
                 seed_scale(stack)
                 for rate in rates:
@@ -200,7 +249,8 @@ def measure(*, seconds: int, clients: int, rates: list[int], scale: bool, featur
                     results[f"get_open_{rate}_10m"] = asyncio.run(
                         loadgen.open_loop("127.0.0.1", service.port, gets, rate, seconds)).summary()
         finally:
-            service.stop()
+            if service is not None:
+                service.stop()
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)

@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from cachesvc.bench import loadgen
+from cachesvc.bench import loadgen, restart
 from cachesvc.bench.measure import CONTENT, KEYS_PER_USER, USERS, measure
 from cachesvc.bench.report import machine, say
 from cachesvc.migrations import PROJECT_ROOT
@@ -35,37 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results = measure(seconds=args.seconds, clients=args.clients, rates=[int(r) for r in args.rates.split(",")],
                       scale=args.scale, feature_tables=args.feature_tables, feature_rows=args.feature_rows)
-    rows: list[tuple[str, str, str, str]] = []  # measurement, throughput, latency, target (+ CPU, below)
-    ceiling = results["ceiling"]["tps"]
-    get_rps = results["get_closed"]["rps"]
-    rows.append(("ceiling: pgbench, the service's GET transaction through PgBouncer",
-                 f"{ceiling:,.0f} tx/s", f"avg {results['ceiling']['latency_avg_ms']} ms", ""))
-    rows.append(("service GET, closed loop", f"{get_rps:,.0f} req/s ({get_rps / ceiling:.2f} x ceiling)",
-                 f"p50 {results['get_closed']['p50_ms']} ms, p99 {results['get_closed']['p99_ms']} ms", ""))
-    for key, value in results.items():
-        if key.startswith("get_open_"):
-            label = key.removeprefix("get_open_").replace("_10m", " req/s, 10M rows")
-            label = label if "rows" in label else label + " req/s, 100k rows"
-            rows.append((f"service GET, open loop at {label}", f"{value['rps']:,.0f} req/s",
-                         f"p50 {value['p50_ms']} ms, p99 {value['p99_ms']} ms, p99.9 {value['p999_ms']} ms", target_cell(value)))
-    for n_keys in (1, 10):
-        value = results.get(f"features_{n_keys}key_200")
-        if value:
-            rows.append((f"feature lookup, {args.feature_tables} tables x {args.feature_rows:,} rows, {n_keys} key(s), open loop at 200 req/s",
-                         f"{value['rps']:,.0f} req/s", f"p50 {value['p50_ms']} ms, p99 {value['p99_ms']} ms, p99.9 {value['p999_ms']} ms",
-                         target_cell(value)))
-    put = results["put_closed"]
-    rows.append(("service PUT, closed loop", f"{put['rps']:,.0f} req/s", f"p50 {put['p50_ms']} ms, p99 {put['p99_ms']} ms", ""))
-    p300 = results["put_open_300"]
-    rows.append(("service PUT, open loop at 300 req/s", f"{p300['rps']:,.0f} req/s",
-                 f"p50 {p300['p50_ms']} ms, p99 {p300['p99_ms']} ms, p99.9 {p300['p999_ms']} ms", target_cell(p300)))
-    cpu_cells = {label: cpu_cell(results, label) for label, *_ in rows}
-    table = ("| measurement | throughput | latency | target | server CPU per request: service / PgBouncer / PostgreSQL |\n"
-             "| --- | --- | --- | --- | --- |\n"
-             + "".join(f"| {a} | {b} | {c} | {d} | {cpu_cells[a]} |\n" for a, b, c, d in rows))
-    missed = [name for name, value in results.items() if value.get("target_met") is False]
-    verdict = (f"Targets: every open loop kept at least {loadgen.RATE_KEPT:.0%} of its scheduled rate without errors."
-               if not missed else f"Targets missed: {'; '.join(missed)}.")
+    results["service_vs_ceiling"] = ratios(results)
+    table = report_table(results, args.feature_tables, args.feature_rows)
+    verdict = verdict_line(results)
     say(verdict)
     sys.stdout.write(table)
     sys.stdout.write(json.dumps(results, indent=2) + "\n")
@@ -78,31 +50,99 @@ def main(argv: list[str] | None = None) -> int:
         f"GET mix 80 % hits / 20 % misses over all users; PostgreSQL with fsync on. "
         f"Closed loops: {args.clients} connections for {args.seconds} s; open loops: {args.seconds} s at the fixed rate, "
         f"latency from each request's scheduled send time; an open loop's target is at least "
-        f"{loadgen.RATE_KEPT:.0%} of its rate, answered without errors.\n\n{table}\n{verdict}\n\n"
+        f"{loadgen.RATE_KEPT:.0%} of its rate, answered without errors. {features_note(args)}\n\n{table}\n{verdict}\n\n"
         f"Raw figures:\n\n```json\n{json.dumps(results, indent=2)}\n```\n" + kept
     )
     say(f"wrote {args.out}")
     return 0
 
 
-LABEL_KEYS = {  # table label prefix -> results key whose CPU it shows
-    "service GET, closed loop": "get_closed", "service PUT, closed loop": "put_closed",
-    "service PUT, open loop at 300": "put_open_300",
-}
+def ratios(results: dict) -> dict[str, float]:
+    """Closed-loop service throughput over its ceiling's, for GET and (when run) feature lookups."""
+    pairs = {"get": ("get_closed", "ceiling"), "features_1key": ("features_closed", "features_ceiling")}
+    return {name: round(results[service]["rps"] / results[ceiling]["tps"], 3)
+            for name, (service, ceiling) in pairs.items() if service in results and ceiling in results}
 
 
-def cpu_cell(results: dict, label: str) -> str:
-    """``service / PgBouncer / PostgreSQL`` CPU ms per request of the run behind ``label``."""
-    key = next((k for prefix, k in LABEL_KEYS.items() if label.startswith(prefix)), None)
-    if key is None and label.startswith("service GET, open loop at "):
-        rate, _, rest = label.removeprefix("service GET, open loop at ").partition(" req/s")
-        key = f"get_open_{rate}" + ("_10m" if "10M" in rest else "")
-    elif key is None and label.startswith("feature lookup"):
-        key = "features_1key_200" if ", 1 key(s)" in label else "features_10key_200"
+def verdict_line(results: dict) -> str:
+    """Whether every target was met, naming those missed."""
+    missed = [name for name, value in results.items() if value.get("target_met") is False]
+    if missed:
+        return f"Targets missed: {'; '.join(missed)}."
+    line = f"Targets: every open loop kept at least {loadgen.RATE_KEPT:.0%} of its scheduled rate without errors"
+    if any(name.startswith("features_after_restart_") for name in results):
+        line += f"; the first feature request after a PostgreSQL restart took at most {restart.TARGET_X:g} x the warm p50"
+    return line + "."
+
+
+def report_table(results: dict, feature_tables: int, feature_rows: int) -> str:
+    """The markdown table of ``results``: a row per run, with the server CPU per request."""
+    rows: list[tuple[str, str, str, str, str]] = []  # measurement, throughput, latency, target, results key
+    ceiling = results["ceiling"]["tps"]
+    get_rps = results["get_closed"]["rps"]
+    rows.append(("ceiling: pgbench, the service's GET transaction through PgBouncer",
+                 f"{ceiling:,.0f} tx/s", f"avg {results['ceiling']['latency_avg_ms']} ms", "", "ceiling"))
+    rows.append(("service GET, closed loop", f"{get_rps:,.0f} req/s ({get_rps / ceiling:.2f} x ceiling)",
+                 f"p50 {results['get_closed']['p50_ms']} ms, p99 {results['get_closed']['p99_ms']} ms", "", "get_closed"))
+    for key, value in results.items():
+        if key.startswith("get_open_"):
+            label = key.removeprefix("get_open_").replace("_10m", " req/s, 10M rows")
+            label = label if "rows" in label else label + " req/s, 100k rows"
+            rows.append((f"service GET, open loop at {label}", f"{value['rps']:,.0f} req/s",
+                         f"p50 {value['p50_ms']} ms, p99 {value['p99_ms']} ms, p99.9 {value['p999_ms']} ms", target_cell(value), key))
+    data = f"{feature_tables} tables x {feature_rows:,} rows"
+    for n_keys in (1, 10):
+        value = results.get(f"features_{n_keys}key_200")
+        if value:
+            rows.append((f"feature lookup, {data}, {n_keys} key(s), open loop at 200 req/s",
+                         f"{value['rps']:,.0f} req/s", f"p50 {value['p50_ms']} ms, p99 {value['p99_ms']} ms, p99.9 {value['p999_ms']} ms",
+                         target_cell(value), f"features_{n_keys}key_200"))
+    feature_ceiling, feature_closed = results.get("features_ceiling"), results.get("features_closed")
+    if feature_ceiling and feature_closed:
+        tps, rps = feature_ceiling["tps"], feature_closed["rps"]
+        rows.append((f"feature ceiling: pgbench, the service's transaction for 1 key x {feature_tables} tables through PgBouncer",
+                     f"{tps:,.0f} tx/s", f"avg {feature_ceiling['latency_avg_ms']} ms", "", "features_ceiling"))
+        rows.append((f"feature lookup, {data}, 1 key, `?tables=` all {feature_tables}, closed loop",
+                     f"{rps:,.0f} req/s ({rps / tps:.2f} x ceiling)",
+                     f"p50 {feature_closed['p50_ms']} ms, p99 {feature_closed['p99_ms']} ms", "", "features_closed"))
+    for case, how in (("kept", "service kept running"), ("started", "service started after it")):
+        value = results.get(f"features_after_restart_{case}")
+        if value:
+            latency = (f"{value['first_ms']:.1f} ms = {value['x_warm_p50']:.2f} x warm p50 ({value['warm_p50_ms']:.2f} ms)"
+                       if "first_ms" in value else value["error"].replace("\n", " ").replace("|", "\\|"))
+            ready = f", ready {value['ready_after_s']:.1f} s after start" if "ready_after_s" in value else ""
+            rows.append((f"feature lookup, 1 key x {feature_tables} tables, first request after a PostgreSQL restart, {how}{ready}",
+                         "", latency, f"≤ {value['target_x']:g} x warm p50: {'met' if value['target_met'] else 'missed'}", ""))
+    put = results["put_closed"]
+    rows.append(("service PUT, closed loop", f"{put['rps']:,.0f} req/s", f"p50 {put['p50_ms']} ms, p99 {put['p99_ms']} ms", "",
+                 "put_closed"))
+    p300 = results["put_open_300"]
+    rows.append(("service PUT, open loop at 300 req/s", f"{p300['rps']:,.0f} req/s",
+                 f"p50 {p300['p50_ms']} ms, p99 {p300['p99_ms']} ms, p99.9 {p300['p999_ms']} ms", target_cell(p300), "put_open_300"))
+    return ("| measurement | throughput | latency | target | server CPU per request: service / PgBouncer / PostgreSQL |\n"
+            "| --- | --- | --- | --- | --- |\n"
+            + "".join(f"| {a} | {b} | {c} | {d} | {cpu_cell(results, key)} |\n" for a, b, c, d, key in rows))
+
+
+def cpu_cell(results: dict, key: str) -> str:
+    """``service / PgBouncer / PostgreSQL`` CPU ms per request of the run ``results[key]``
+    (a ceiling has no service: "–")."""
     split = results.get(key, {}).get("cpu_ms_per_request") if key else None
     if not split:
         return ""
-    return " / ".join(f"{split[name]:.3f}" for name in ("service", "pgbouncer", "postgres")) + " ms"
+    return " / ".join("–" if split.get(name) is None else f"{split[name]:.3f}" for name in ("service", "pgbouncer", "postgres")) + " ms"
+
+
+def features_note(args) -> str:
+    """What the feature rows measure, for the file's data paragraph."""
+    if not args.feature_tables:
+        return ""
+    return (f"Feature rows: the demo set (`cachesvc features demo --tables {args.feature_tables} --rows {args.feature_rows}`), "
+            f"keys at random; the feature closed loop is `GET /v1/features/{{key}}?tables=<all {args.feature_tables}>` "
+            f"at the GET closed loop's concurrency, and its ceiling pgbench running the transaction the service sends for "
+            f"it (generated from the reader's statement and the runner's query string, `cachesvc/bench/ceiling.py`); "
+            f"after a restart, a request is timed alone on an open connection, against the warm p50 of the same requests "
+            f"(`cachesvc/bench/restart.py`).")
 
 
 KEPT = re.compile(r"^<!-- (\w+): .*?^<!-- /\1 -->\n", re.M | re.S)
