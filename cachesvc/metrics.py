@@ -35,6 +35,11 @@ class PoolCollector:
                                   value=sum(b.batches for b in batchers))
         yield CounterMetricFamily("cachesvc_reads_coalesced", "read requests answered together with others",
                                   value=sum(b.coalesced for b in batchers))
+        lookups = self.metrics.features.batchers.values() if self.metrics.features is not None else ()
+        yield CounterMetricFamily("cachesvc_feature_batches", "coalesced feature lookup transactions run",
+                                  value=sum(b.batches for b in lookups))
+        yield CounterMetricFamily("cachesvc_feature_lookups_coalesced",
+                                  "feature lookups answered together with others", value=sum(b.coalesced for b in lookups))
         yield from self._replica()
         if self.metrics.bouncer is not None:
             yield from self.metrics.bouncer.collect()

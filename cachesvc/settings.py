@@ -164,6 +164,10 @@ class FeatureSettings:
     open_to_users: bool = _setting(
         False, env="FEATURES_OPEN_TO_USERS", help="let user tokens read features (by default only service_role tokens may)"
     )
+    read_lanes: int = _setting(
+        2, env="FEATURES_READ_LANES",
+        help="concurrent coalesced lookup transactions; lookups of the same tables queued meanwhile share one (0: one per request)",
+    )
     warmup: bool = _setting(True, env="FEATURES_WARMUP", help="warm the feature tables up before /readyz turns ready")
     warmup_wait_s: float = _setting(
         10.0, env="FEATURES_WARMUP_WAIT_S",
@@ -198,6 +202,8 @@ class FeatureSettings:
             raise SettingsError(f"{PREFIX}FEATURES_PREWARM_FRACTION must be between 0 and 1")
         if min(self.warmup_hot_keys, self.warmup_lookups) < 0 or self.ready_latency_ms < 0:
             raise SettingsError(f"{PREFIX}FEATURES_WARMUP_* and {PREFIX}FEATURES_READY_LATENCY_MS must not be negative")
+        if self.read_lanes < 0:
+            raise SettingsError(f"{PREFIX}FEATURES_READ_LANES must not be negative")
 
 
 # Cosine distance runs from 0 (same direction) to 2 (opposite).

@@ -8,27 +8,62 @@ With a read replica, lookups go there (cachesvc.db.routing) once the replica's b
 each time the replica's server (re)starts, its tables are warmed up the way the primary's are
 before ``/readyz`` turns ready, while lookups stay on the primary. The primary's warm-up and
 readiness gate do not depend on the replica.
+
+Coalesced lookups (``CACHESVC_FEATURES_READ_LANES`` > 0, the default): the lookups of
+concurrent requests that ask for the same set of tables share one transaction and one
+statement, through the batcher the cache's reads use (cachesvc.cache.batcher). A lookup's
+items are its (key, tables) pairs; a batch concatenates the keys of its lookups into the one
+``unnest … WITH ORDINALITY`` of the reader's statement (the reader handles duplicate keys and
+keys of several types as it does for one request), and hands each lookup the rows of its own
+positions, its tables in its own order. Lookups of other table sets wait for the next lane.
+At most ``BATCH_MAX_KEYS`` keys go in one batch (a single lookup's ``MAX_KEYS`` always fit).
+
+The batch runs where the router chose (one batcher per server; a replica that fails hands
+the lookups still waiting for it to the primary's batcher), under a budget of its own; each
+request waits for it only as long as its own budget allows, so a caller past its budget, or
+cancelled, gets its answer (503, or its cancellation) while the batch goes on for the others.
+A failed batch is the failure of each of its lookups, mapped to the same answer as before.
+The statement reads each table under READ COMMITTED with a snapshot taken after its locks
+(reader.py), so a table swapped by ``features load`` is still seen whole by every lookup of
+the batch, old or new.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Sequence
 
 from psycopg_pool import AsyncConnectionPool
 
+from cachesvc.cache.batcher import ReadBatcher
 from cachesvc.features import catalog as feature_catalog
 from cachesvc.features import warmup
 from cachesvc.features.catalog import FeatureTable
 from cachesvc.features.hotkeys import HotKeys
 from cachesvc.features.readiness import Readiness
-from cachesvc.db.routing import ReadRouter, Reads
-from cachesvc.db.transaction import Transactions
-from cachesvc.features.reader import CONTEXT, FeatureReader, Features
+from cachesvc.db.routing import ReadRouter, Reads, Target
+from cachesvc.db.transaction import Budget, Transactions, within_budget
+from cachesvc.features.reader import CONTEXT, MAX_KEYS, FeatureReader, Features
 from cachesvc.settings import FeatureSettings, ReplicaSettings
 
 log = logging.getLogger("cachesvc.features")
+
+# Keys of one coalesced batch, across its lookups (a lookup bigger than that goes alone).
+# Measured over 30 tables x 100k rows: a statement costs ~1.3 ms of its own plus ~0.3 ms per
+# key (1 key 1.6 ms, 32 keys 13 ms, 100 keys 34 ms, 200 keys 67 ms). At 100 keys the shared
+# part is already under 5 % of the batch: a bigger batch saves almost nothing more and makes
+# every lookup in it wait for all its keys. So one full lookup's worth.
+BATCH_MAX_KEYS = MAX_KEYS
+
+Item = tuple[str, Sequence[FeatureTable]]  # a key of a lookup, and the lookup's tables
+
+
+def _shape(items: Sequence[Item]) -> frozenset[str]:
+    """What a lookup's statement depends on besides its keys: the set of its tables."""
+    return frozenset(t.name for t in items[0][1])
 
 
 class FeatureService:
@@ -45,13 +80,41 @@ class FeatureService:
         self.hot_keys = hot_keys
         self.readiness = readiness
         self.replica_warmed_for = None  # the replica server start its warm-up was for
+        self.batchers = {
+            t: ReadBatcher(functools.partial(self._lookup_batch, t), settings.read_lanes, BATCH_MAX_KEYS, shape_of=_shape)
+            for t in Target
+        } if settings.read_lanes > 0 else {}
+        if self.router.monitor is not None and self.batchers:
+            # A failed replica hands the lookups still waiting for it to the primary at once.
+            self.router.monitor.on_unusable.append(self._divert_replica_lookups)
 
     async def lookup(self, keys: list[str], tables: list[FeatureTable]) -> list[Features]:
         """Features of ``keys``: on the replica when it is usable and warm, else on the primary."""
         target = self.router.choose(warm=self.replica_warm())
+        if self.batchers:
+            found = await within_budget(self.batchers[target].fetch([(key, tables) for key in keys]))
+            names = [t.name for t in tables]
+            if found and list(found[0]) != names:  # the batch's first lookup named them in another order
+                found = [{name: features[name] for name in names} for features in found]
+            return found
         plan = self.reader.plan(keys, tables)
         results = await self.reads.run(target, plan.statements, context=CONTEXT) if plan.statements else []
         return plan.collect(results)
+
+    async def _lookup_batch(self, target: Target, items: list[Item]) -> list[Features]:
+        """One transaction for the lookups of a batch, all of one set of tables; the features of
+        each item. The batch has a budget of its own (its task outlives the request that started
+        it); each request waits for it only as long as its own budget allows."""
+        plan = self.reader.plan([key for key, _ in items], items[0][1])
+        if not plan.statements:  # no key can be in any of the tables
+            return plan.collect([])
+        budget = Budget(self.reads.transactions.request_timeout_s)
+        results = await self.reads.run(target, plan.statements, context=CONTEXT, budget=budget)
+        return plan.collect(results)
+
+    def _divert_replica_lookups(self) -> None:
+        moved = self.batchers[Target.REPLICA].divert_to(self.batchers[Target.PRIMARY])
+        self.router.routes[(Target.PRIMARY.value, "replica_failed_while_waiting")] += moved
 
     def replica_warm(self) -> bool:
         monitor = self.router.monitor
