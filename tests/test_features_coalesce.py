@@ -1,4 +1,4 @@
-"""Coalesced feature lookups (cachesvc.features.service on cachesvc.cache.batcher), on the real stack.
+"""Coalesced feature lookups (cachesvc.features.service on cachesvc.db.batcher), on the real stack.
 
 One read lane and two pooled connections make coalescing the common case: while one batch
 runs, every lookup queues for the next, and the lookups of the same set of tables share it.

@@ -12,7 +12,7 @@ from collections import deque
 
 import pytest
 
-from cachesvc.cache.batcher import ReadBatcher
+from cachesvc.db.batcher import ReadBatcher
 from cachesvc.db.lsn import format_lsn, parse_lsn
 from cachesvc.db.replica import ReplicaMonitor, Sample, covered_since
 from cachesvc.db.routing import ReadRouter, RecentWriters, Target

@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.auth import Actor
 from cachesvc.cache import rawjson
-from cachesvc.cache.batcher import ReadBatcher, Triple
+from cachesvc.db.batcher import ReadBatcher, Triple
 from cachesvc.cache.counters import Counters
 from cachesvc.cache.statements import (
     BATCH_GET,

@@ -11,7 +11,7 @@ readiness gate do not depend on the replica.
 
 Coalesced lookups (``CACHESVC_FEATURES_READ_LANES`` > 0, the default): the lookups of
 concurrent requests that ask for the same set of tables share one transaction and one
-statement, through the batcher the cache's reads use (cachesvc.cache.batcher). A lookup's
+statement, through the batcher the cache's reads use (cachesvc.db.batcher). A lookup's
 items are its (key, tables) pairs; a batch concatenates the keys of its lookups into the one
 ``unnest … WITH ORDINALITY`` of the reader's statement (the reader handles duplicate keys and
 keys of several types as it does for one request), and hands each lookup the rows of its own
@@ -38,7 +38,7 @@ from collections.abc import Sequence
 
 from psycopg_pool import AsyncConnectionPool
 
-from cachesvc.cache.batcher import ReadBatcher
+from cachesvc.db.batcher import ReadBatcher
 from cachesvc.features import catalog as feature_catalog
 from cachesvc.features import warmup
 from cachesvc.features.catalog import FeatureTable
