@@ -90,3 +90,18 @@ def test_scripts_bench_keeps_the_sections_other_benchmarks_own(tmp_path):
                     "<!-- /semantic -->\ntrailing words\n")
     assert kept_sections(path) == "\n<!-- semantic: scripts/bench-semantic -->\n## Semantic\n| x |\n<!-- /semantic -->\n"
     assert kept_sections(tmp_path / "none.md") == ""
+
+
+def test_several_runs_report_the_median_of_each_figure_and_the_majority_of_targets():
+    from cachesvc.bench.run import median_of
+
+    runs = [
+        {"get_closed": {"rps": 100.0, "p50_ms": 3}, "get_open_1000": {"target_met": True, "rps": 990}, "machine": "a"},
+        {"get_closed": {"rps": 300.0, "p50_ms": 1}, "get_open_1000": {"target_met": False, "rps": 700}, "machine": "b"},
+        {"get_closed": {"rps": 200.0, "p50_ms": 2}, "get_open_1000": {"target_met": False, "rps": 800}, "machine": "c"},
+    ]
+    merged = median_of(runs)
+    assert merged["get_closed"] == {"rps": 200.0, "p50_ms": 2}
+    assert merged["get_open_1000"] == {"target_met": False, "rps": 800}
+    assert merged["machine"] == "a"
+    assert median_of(runs[:1]) is runs[0]

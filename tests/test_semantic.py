@@ -237,7 +237,7 @@ def test_row_level_security_holds_for_the_similarity_statement(stack, admin, way
 
 def test_the_prefilter_reads_the_users_bits_from_the_covering_index_under_rls(stack, http, tokens, admin):
     """As the app's login under row-level security, the candidates come from an index-only scan
-    of infinite_pages_cache_semantic_idx (the policy's column is in the index): heap pages are
+    of the lookup index, which includes the bits (the policy's column is in it): heap pages are
     read for the candidates only. Scans that would read the heap for every entry are turned off
     so that the plan shows whether an index-only scan is possible at all on this small table."""
     user = uuid.uuid4()
@@ -250,7 +250,7 @@ def test_the_prefilter_reads_the_users_bits_from_the_covering_index_under_rls(st
         conn.execute("SET LOCAL enable_bitmapscan = off")
         plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement, search_params(user, rand_vector(rng))))
     partition_indexes = [name for (name,) in admin.execute(
-        "SELECT relid::regclass::text FROM pg_partition_tree('infinite_pages_cache_semantic_idx') WHERE isleaf")]
+        "SELECT relid::regclass::text FROM pg_partition_tree('infinite_pages_cache_lookup_v2_idx') WHERE isleaf")]
     assert partition_indexes
     assert any(f"Index Only Scan using {name} " in plan for name in partition_indexes), plan
 

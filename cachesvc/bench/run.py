@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -31,11 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "BENCHMARKS.md")
     parser.add_argument("--feature-tables", type=int, default=30, help="feature tables for the lookup runs (0: skip)")
     parser.add_argument("--feature-rows", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="whole runs, each on a stack of its own; the table shows the median of each figure")
     args = parser.parse_args(argv)
 
-    results = measure(seconds=args.seconds, clients=args.clients, rates=[int(r) for r in args.rates.split(",")],
+    runs = []
+    for n in range(1, args.runs + 1):
+        if args.runs > 1:
+            say(f"run {n} of {args.runs}")
+        run = measure(seconds=args.seconds, clients=args.clients, rates=[int(r) for r in args.rates.split(",")],
                       scale=args.scale, feature_tables=args.feature_tables, feature_rows=args.feature_rows)
-    results["service_vs_ceiling"] = ratios(results)
+        run["service_vs_ceiling"] = ratios(run)  # side by side within the run, then the median of the ratios
+        runs.append(run)
+    results = median_of(runs)
+    if len(runs) > 1:
+        results["runs"] = runs
     table = report_table(results, args.feature_tables, args.feature_rows)
     verdict = verdict_line(results)
     say(verdict)
@@ -50,11 +61,33 @@ def main(argv: list[str] | None = None) -> int:
         f"GET mix 80 % hits / 20 % misses over all users; PostgreSQL with fsync on. "
         f"Closed loops: {args.clients} connections for {args.seconds} s; open loops: {args.seconds} s at the fixed rate, "
         f"latency from each request's scheduled send time; an open loop's target is at least "
-        f"{loadgen.RATE_KEPT:.0%} of its rate, answered without errors. {features_note(args)}\n\n{table}\n{verdict}\n\n"
+        f"{loadgen.RATE_KEPT:.0%} of its rate, answered without errors. {features_note(args)}{runs_note(len(runs))}"
+        f"\n\n{table}\n{verdict}\n\n"
         f"Raw figures:\n\n```json\n{json.dumps(results, indent=2)}\n```\n" + kept
     )
     say(f"wrote {args.out}")
     return 0
+
+
+def median_of(runs: list[dict]) -> dict:
+    """One result of several runs of the same measurements: the median of each number, the
+    majority of each yes/no (a target met in 2 runs of 3 is met), the first run's other values.
+    Each run's own figures stay in the JSON (``runs``)."""
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+    out: dict = {}
+    for key, value in first.items():
+        values = [run[key] for run in runs if key in run]
+        if isinstance(value, dict):
+            out[key] = median_of([v for v in values if isinstance(v, dict)])
+        elif isinstance(value, bool):
+            out[key] = sum(bool(v) for v in values) * 2 > len(values)
+        elif isinstance(value, (int, float)):
+            out[key] = round(statistics.median(values), 3)
+        else:
+            out[key] = value
+    return out
 
 
 def ratios(results: dict) -> dict[str, float]:
@@ -131,6 +164,14 @@ def cpu_cell(results: dict, key: str) -> str:
     if not split:
         return ""
     return " / ".join("–" if split.get(name) is None else f"{split[name]:.3f}" for name in ("service", "pgbouncer", "postgres")) + " ms"
+
+
+def runs_note(count: int) -> str:
+    if count == 1:
+        return ""
+    return (f" Figures are the median of {count} whole runs, each on a stack of its own (a ratio is taken within each "
+            f"run, side by side, then its median; a target is met when it was in most runs); each run's own figures "
+            f"are in the JSON (`runs`).")
 
 
 def features_note(args) -> str:

@@ -175,8 +175,8 @@ SELECT {ENTRY_COLUMNS}, nearest.distance
 """
 
 # The prefiltered search (the default): the user's live entries' bits (one per number, its
-# sign: ``embedding_bits``) read side by side from the covering index
-# infinite_pages_cache_semantic_idx by an index-only scan, the ``candidates`` nearest by
+# sign: ``embedding_bits``) read side by side from the lookup index (which includes them:
+# infinite_pages_cache_lookup_v2_idx) by an index-only scan, the ``candidates`` nearest by
 # Hamming distance kept, and for those only their vectors read (of the dimension asked: bits
 # written apart from their vector are not trusted), the exact cosine distance computed, and
 # the nearest ``limit`` within ``max_distance`` returned with their columns. An entry outside
