@@ -32,8 +32,9 @@ from cachesvc.db.transaction import Budget
 
 FIRST_POLL_S, LAST_POLL_S = 0.05, 0.5
 
-# The holder before this attempt, if any (to tell a lease taken over after expiry).
-PREVIOUS = """
+# The lease of the key, if any: read before TAKE (the holder before this attempt, to tell a
+# lease taken over after expiry) and after it (who holds it now, when TAKE took nothing).
+HOLDER = """
 SELECT expires_at FROM cache_leases WHERE user_id = %(user)s AND content_type = %(ct)s AND cache_key = %(key)s
 """
 
@@ -47,10 +48,6 @@ ON CONFLICT (user_id, content_type, cache_key) DO UPDATE
    SET lease_id = excluded.lease_id, granted_at = now(), expires_at = excluded.expires_at
  WHERE l.expires_at <= now()
 RETURNING lease_id, expires_at
-"""
-
-HOLDER = """
-SELECT expires_at FROM cache_leases WHERE user_id = %(user)s AND content_type = %(ct)s AND cache_key = %(key)s
 """
 
 RELEASE = """
@@ -137,7 +134,7 @@ class Leases:
         _, live, previous, taken, holder = await self.store.run_as(
             user,
             [(LOCK_KEY, (str(user), content_type, key)), (GET, (user, content_type, key)),
-             (PREVIOUS, params), (TAKE, params), (HOLDER, params)],
+             (HOLDER, params), (TAKE, params), (HOLDER, params)],
             retry=False, budget=Budget(self.request_timeout_s),
         )
         if live:
