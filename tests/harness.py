@@ -72,6 +72,23 @@ def connect(stack: LocalStack, user: str, *, direct: bool = False, **kw) -> psyc
 
 
 @contextlib.contextmanager
+def scratch_database(stack: LocalStack, name: str) -> Iterator[str]:
+    """An empty database ``name`` on the stack's server (dropped first if a run left one), its
+    superuser URL, and dropped again afterwards: for migration tests that start from nothing."""
+    def drop_and(create: bool) -> None:
+        with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            if create:
+                conn.execute(f"CREATE DATABASE {name}")
+
+    drop_and(create=True)
+    try:
+        yield stack.url(SUPERUSER, dbname=name)
+    finally:
+        drop_and(create=False)
+
+
+@contextlib.contextmanager
 def acting_as(conn: psycopg.Connection, user_id: uuid.UUID | str | None):
     """One explicit transaction with the user set transaction-locally, as the service does."""
     with conn.transaction():

@@ -8,7 +8,7 @@ from psycopg import errors
 
 from cachesvc import migrations
 from cachesvc.localstack import SUPERUSER
-from tests.harness import connect, prewarm_stack
+from tests.harness import connect, prewarm_stack, scratch_database
 from tests.harness import maintainer
 
 DB = "cachesvc_features_migrations"
@@ -23,12 +23,8 @@ def stack():
 
 @pytest.fixture
 def fresh_db(stack):
-    with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB}")
-    yield stack.url(SUPERUSER, dbname=DB)
-    with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    with scratch_database(stack, DB) as url:
+        yield url
 
 
 def test_schema_owner_and_privileges(admin):

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from cachesvc import migrations, sqlfiles
-from cachesvc.localstack import SUPERUSER
+from tests.harness import scratch_database
 
 VERSIONS = migrations.PROJECT_ROOT / "alembic" / "versions"
 OBJECTS = {
@@ -51,12 +51,8 @@ def present(conn) -> dict[str, bool]:
 @pytest.fixture
 def fresh_db(stack):
     name = "cachesvc_migrations"
-    with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    yield name, stack.url(SUPERUSER, dbname=name)
-    with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(stack, name) as url:
+        yield name, url
 
 
 def test_upgrade_downgrade_upgrade(fresh_db):

@@ -15,8 +15,7 @@ import pytest
 
 from cachesvc import migrations
 from cachesvc.cache.rawjson import jsonb_refuses
-from cachesvc.localstack import SUPERUSER
-from tests.harness import acting_as, connect, http_client, running_service
+from tests.harness import acting_as, connect, http_client, running_service, scratch_database
 
 NUL_BOTH = rb'{"content": {"text": "a\u0000b", "list": ["\u0000", 1]}, "metadata": {"a\u0000b": "x\u0000y"}}'
 NUL_CONTENT = rb'{"content": "chapter one\u0000", "metadata": {"seed": 7}}'
@@ -185,13 +184,8 @@ def test_analytics_count_the_text_not_the_placeholder(service, tokens, admin):
 
 @pytest.fixture
 def fresh_db(stack):
-    name = "cachesvc_raw_json"
-    with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    yield stack.url(SUPERUSER, dbname=name)
-    with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(stack, "cachesvc_raw_json") as url:
+        yield url
 
 
 INSERT = """

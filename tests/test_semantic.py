@@ -22,7 +22,9 @@ from cachesvc.api import openapi
 from cachesvc.cache.statements import SemanticStatements, sign_bits, vector_literal
 from cachesvc.localstack import SUPERUSER, LocalStack
 from cachesvc.localstack.postgres import system_pg_bindirs
-from tests.harness import acting_as, as_service, as_user, connect, http_client, metric, running_service, wait_until
+from tests.harness import (
+    acting_as, as_service, as_user, connect, http_client, metric, running_service, scratch_database, wait_until,
+)
 
 DIM = 8  # the module's own service; the session's runs with the default (1536)
 CT = "chapter"
@@ -522,14 +524,9 @@ def test_migration_uses_pgvector_wherever_it_already_is(stack):
     """A database whose pgvector is in schema public (not `extensions`): 0008 keeps it there, the
     column is of its type, and the service's statements, qualified by that schema, work; a
     downgrade drops the column and leaves the extension."""
-    name = "cachesvc_semantic_migration"
-    with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    url = stack.url(SUPERUSER, dbname=name)
     column = ("SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
               " WHERE attrelid = 'infinite_pages_cache_partitioned'::regclass AND attname = 'embedding' AND NOT attisdropped")
-    try:
+    with scratch_database(stack, "cachesvc_semantic_migration") as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION vector WITH SCHEMA public")
         migrations.upgrade(url, "0009")  # an entry stored before the prefilter's column (0010)
@@ -554,9 +551,6 @@ def test_migration_uses_pgvector_wherever_it_already_is(stack):
         migrations.upgrade(url)
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.execute(column).fetchall() == [("vector",)]
-    finally:
-        with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # -- the local stack -------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ import pytest
 from psycopg import errors
 
 from cachesvc import migrations
-from cachesvc.localstack import SUPERUSER
-from tests.harness import acting_as, as_user, connect, http_client, running_service, wait_until
+from tests.harness import acting_as, as_user, connect, http_client, running_service, scratch_database, wait_until
 
 DIM = 8  # this module's own service
 VIEWS = ["user_cache_analytics", "cache_performance_metrics"]
@@ -251,13 +250,8 @@ def test_a_user_sees_only_their_own_semantic_hits(traffic, stack, http, monitor_
 
 @pytest.fixture
 def fresh_db(stack):
-    name = "cachesvc_semantic_views"
-    with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    yield stack.url(SUPERUSER, dbname=name)
-    with psycopg.connect(stack.url(SUPERUSER, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(stack, "cachesvc_semantic_views") as url:
+        yield url
 
 
 def view_state(url: str) -> dict:
