@@ -49,6 +49,8 @@ class PoolCollector:
             yield GaugeMetricFamily("cachesvc_features_warm", "1 when feature warm-up and its probe have passed",
                                     value=1 if status["ready"] else 0)
             yield GaugeMetricFamily("cachesvc_feature_tables", "feature tables served", value=status["tables"])
+            yield CounterMetricFamily("cachesvc_feature_rewarms", "feature warm-ups after a PostgreSQL restart, finished",
+                                      value=features.readiness.rewarms)
         counters = self.metrics.counters
         lag = time.monotonic() - counters.last_flush_monotonic if counters else 0
         yield GaugeMetricFamily("cachesvc_counter_flush_lag_seconds", "seconds since hit counters were last flushed", value=lag)

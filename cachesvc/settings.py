@@ -183,6 +183,10 @@ class FeatureSettings:
         0.5, env="FEATURES_PREWARM_FRACTION",
         help="share of shared_buffers that pg_prewarm may fill with feature indexes and tables",
     )
+    restart_check_s: float = _setting(
+        1.0, env="FEATURES_RESTART_CHECK_S",
+        help="how often to check whether PostgreSQL restarted, to warm the feature tables up again (0: never)",
+    )
     ready_hit_ratio: float = _setting(
         0.9, env="FEATURES_READY_HIT_RATIO",
         help="readiness: least buffer hit ratio of a probe lookup of random keys (0 disables)",
@@ -204,6 +208,8 @@ class FeatureSettings:
             raise SettingsError(f"{PREFIX}FEATURES_WARMUP_* and {PREFIX}FEATURES_READY_LATENCY_MS must not be negative")
         if self.read_lanes < 0:
             raise SettingsError(f"{PREFIX}FEATURES_READ_LANES must not be negative")
+        if self.restart_check_s < 0:
+            raise SettingsError(f"{PREFIX}FEATURES_RESTART_CHECK_S must not be negative")
 
 
 # Cosine distance runs from 0 (same direction) to 2 (opposite).

@@ -126,6 +126,8 @@ def test_the_report_sets_the_feature_path_beside_its_ceiling():
         "features_closed": {"rps": 600.0, "p50_ms": 5.0, "p99_ms": 20.0, "cpu_ms_per_request": cpu},
         "features_after_restart_kept": {"first_ms": 9.5, "warm_p50_ms": 2.5, "x_warm_p50": 3.8, "target_x": 2.0,
                                         "target_met": False},
+        "features_after_restart_kept_rewarmed": {"first_ms": 4.0, "warm_p50_ms": 2.5, "x_warm_p50": 1.6, "target_x": 2.0,
+                                                 "target_met": True, "rewarmed_after_s": 1.23},
         "features_after_restart_started": {"error": 'not ready after 60 s; /readyz said: {"a": "b|c"}', "warm_p50_ms": 2.5,
                                            "target_x": 2.0, "target_met": False},
         "put_closed": {"rps": 500.0, "p50_ms": 6.0, "p99_ms": 30.0},
@@ -139,6 +141,8 @@ def test_the_report_sets_the_feature_path_beside_its_ceiling():
     assert "| 600 req/s (0.75 x ceiling) |" in closed and closed.endswith("| 0.500 / 0.050 / 0.400 ms |")
     first = next(line for line in lines if "first request after a PostgreSQL restart" in line)
     assert "9.5 ms = 3.80 x warm p50 (2.50 ms)" in first and "≤ 2 x warm p50: missed" in first
+    rewarmed = next(line for line in lines if "once it warmed up again" in line)
+    assert "(1.2 s after the restart)" in rewarmed and "4.0 ms = 1.60 x warm p50" in rewarmed and "≤ 2 x warm p50: met" in rewarmed
     started = next(line for line in lines if "service started after it" in line)
     assert '| not ready after 60 s; /readyz said: {"a": "b\\|c"} | ≤ 2 x warm p50: missed |' in started
     assert run.verdict_line(results) == "Targets missed: features_after_restart_kept; features_after_restart_started."

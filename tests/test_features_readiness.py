@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import httpx2
@@ -216,3 +218,54 @@ def test_warmup_and_stats_commands(stack, warm_table, admin):
     assert stats.returncode == 1 and any(w.startswith(f"{WARM}: sequential scans read") for w in warnings), warnings
     assert f"warning: {WARM}: sequential scans read" in stats.stderr
     assert run_cli(stack, "features", "stats").returncode == 0  # warnings are not failures without --strict
+
+
+# -- a restart of PostgreSQL while the service runs -------------------------------------------
+
+
+def table_blocks(stack) -> dict[str, int]:
+    """Shared buffer hits and reads of one index scan of every row of the warm table."""
+    with psycopg.connect(stack.url(SUPERUSER)) as conn:
+        conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        (plan,), = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM features.{WARM} ORDER BY id").fetchone()
+    return {"hit": plan["Plan"]["Shared Hit Blocks"], "read": plan["Plan"]["Shared Read Blocks"]}
+
+
+def restart_postgres(stack) -> dt.datetime:
+    """Stop and start the server (its shared buffers start empty); its new start time."""
+    stack.postgres.stop()
+    stack.postgres.start()
+    with psycopg.connect(stack.url(SUPERUSER)) as conn:
+        return conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+
+
+def test_after_a_postgres_restart_the_running_service_warms_the_tables_up_again(stack, warm_table, start_service):
+    """The service sees the new server start on its own, before any request asks for a feature,
+    and runs warm-up again: the table's pages are back in the emptied shared buffers, and /readyz
+    stays 200 through it. A service with the check off leaves them out."""
+    live = start_service(log="watching.log", features_tables=WARM, features_ready_latency_ms="0",
+                         features_restart_check_s="0.2")
+    before = live.readyz().json()["features"]["restart"]
+    assert before["rewarms"] == 0 and before["rewarming"] is False and "last" not in before
+    started = restart_postgres(stack)
+    assert dt.datetime.fromisoformat(before["serverStartedAt"]) < started
+    after = wait_for_features(live, lambda f: f["restart"]["rewarms"] >= 1)
+    assert after["ready"] is True and live.readyz().status_code == 200
+    assert dt.datetime.fromisoformat(after["restart"]["serverStartedAt"]) == started
+    last = after["restart"]["last"]
+    assert last["steps"]["prewarm"]["method"] == "pg_prewarm" and last["steps"]["prewarm"]["blocks"] > 0
+    assert last["steps"]["syntheticLookups"]["count"] > 0
+    blocks = table_blocks(stack)
+    assert blocks["read"] == 0 and blocks["hit"] > 0, blocks
+    metrics = httpx2.get(live.url + "/metrics").text
+    assert "cachesvc_feature_rewarms_total 1.0" in metrics
+    live.stop()
+
+    unwatched = start_service(log="unwatched.log", features_tables=WARM, features_ready_latency_ms="0",
+                              features_restart_check_s="0")
+    restart_postgres(stack)
+    time.sleep(1.5)  # seven checks' worth of the service above
+    features = unwatched.readyz().json()["features"]
+    assert features["restart"]["rewarms"] == 0 and features["ready"] is True
+    blocks = table_blocks(stack)
+    assert blocks["read"] > 0, blocks  # the pages had to be read: nothing warmed them up

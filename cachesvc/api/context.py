@@ -173,6 +173,8 @@ def start_loops(ctx: AppContext) -> None:
         background.start("replica-monitor", ctx.replica.run())
     background.start("counter-flush", ctx.counters.run(ctx.pool, settings.flush_interval_s, ctx.metrics))
     background.start("features-warmup", ctx.features.readiness.run())
+    if ctx.features.readiness.watches_restarts():
+        background.start("features-rewarm", ctx.features.readiness.watch_restarts())
     background.start("features-hot-keys", ctx.features.hot_keys.run(ctx.pool, settings.flush_interval_s))
     if ctx.features.warms_replica():
         background.start("features-replica-warmup", ctx.features.warm_replica())

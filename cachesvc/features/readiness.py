@@ -6,6 +6,15 @@ block counters, so other sessions and earlier traffic do not blur it) must reach
 ``features_ready_hit_ratio``, and another lookup must take at most
 ``features_ready_latency_ms``. Once passed, the gate stays open: a busy moment later must
 not take every replica out of the load balancer at once.
+
+After a PostgreSQL restart while the service runs, the tables are warmed up again
+(``watch_restarts``): every ``features_restart_check_s`` the server's start time is read
+through the pool, and when it is not the one the last warm-up was for, warm-up runs again
+in the background, beside live lookups (half the pool's connections). The gate stays open
+through it: a restarted database is every replica's at once, and answering 503 from all of
+them would turn a slow first second into an outage. What the re-warm buys is measured in
+docs/performance.md: the requests in the second or so before the check sees the restart
+still meet new server connections and empty buffers.
 """
 
 from __future__ import annotations
@@ -91,6 +100,10 @@ class Readiness:
         self.report: warmup.WarmupReport | None = None
         self.last_probe: Probe | None = None
         self.error: str | None = None
+        self.warmed_for = None  # the server start time the last finished warm-up was for
+        self.rewarms = 0  # warm-ups after a restart, finished
+        self.rewarm: warmup.WarmupReport | None = None  # the last of them
+        self.rewarming = False
         self.ready = asyncio.Event()
         if not self.enabled:
             self.ready.set()
@@ -107,6 +120,11 @@ class Readiness:
             body["probe"] = self.last_probe.as_dict()
         if self.error:
             body["error"] = self.error
+        if self.enabled:
+            body["restart"] = {
+                "rewarms": self.rewarms, "rewarming": self.rewarming,
+                "serverStartedAt": self.warmed_for.isoformat() if self.warmed_for else None,
+            } | ({"last": self.rewarm.as_dict()} if self.rewarm is not None else {})
         return body
 
     async def run(self) -> None:
@@ -149,6 +167,7 @@ class Readiness:
                     concurrency=self.reader.pool.max_size,
                     samples=samples,
                 )
+                self.warmed_for = self.report.server_started_at
                 self.error = None
                 return samples
             except Exception as exc:
@@ -157,6 +176,44 @@ class Readiness:
                 log.warning("feature warm-up failed, retrying in %.1fs: %s", delay, self.error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def watches_restarts(self) -> bool:
+        return self.enabled and self.settings.restart_check_s > 0
+
+    async def watch_restarts(self) -> None:
+        """Once ready, warm up again whenever the server has restarted since the last warm-up."""
+        interval = self.settings.restart_check_s
+        await self.ready.wait()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with asyncio.timeout(max(interval, 5.0)):
+                    started = await warmup.server_started_at(self.reader.pool)
+            except Exception:  # down, or coming back: a later check sees the new start
+                continue
+            if started != self.warmed_for:
+                await self._rewarm(started)
+
+    async def _rewarm(self, started) -> None:
+        log.info("PostgreSQL restarted; warming the feature tables up again",
+                 extra={"fields": {"serverStartedAt": started.isoformat()}})
+        self.rewarming = True
+        try:
+            report = await warmup.warm_up(
+                self.reader,
+                prewarm_fraction=self.settings.prewarm_fraction,
+                hot_key_limit=self.settings.warmup_hot_keys,
+                lookups=self.settings.warmup_lookups,
+                concurrency=max(1, self.reader.pool.max_size // 2),  # live lookups keep the rest
+            )
+        except Exception as exc:  # the next check tries again
+            log.warning("feature warm-up after a restart failed: %s", exc)
+            return
+        finally:
+            self.rewarming = False
+        self.rewarm, self.warmed_for = report, report.server_started_at
+        self.rewarms += 1
+        log.info("feature tables warm again after a restart", extra={"fields": report.as_dict()})
 
     def _open(self) -> None:
         self.state = "done"

@@ -20,6 +20,7 @@ Every statement goes through the service's pool and PgBouncer, as the service's 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import random
 import time
@@ -52,6 +53,8 @@ SELECT c.relname::text, quote_ident(n.nspname) || '.' || quote_ident(ic.relname)
   JOIN pg_class ic ON ic.oid = i.indexrelid
  ORDER BY t.ord
 """
+# When the server (re)started: a restart empties shared buffers and ends every backend.
+SERVER_STARTED_AT = "SELECT pg_postmaster_start_time()"
 HISTOGRAM = """
 SELECT tablename::text, attname::text, histogram_bounds::text::text[]
   FROM pg_stats
@@ -84,6 +87,11 @@ async def _bounded(coros, limit: int) -> list:
             return await coro
 
     return await asyncio.gather(*(run(c) for c in coros))
+
+
+async def server_started_at(pool: AsyncConnectionPool) -> dt.datetime:
+    """When the server behind ``pool`` last started (through PgBouncer: the server it connects to)."""
+    return (await _statement(pool, SERVER_STARTED_AT))[0][0]
 
 
 # -- 1. prewarm ------------------------------------------------------------------------------
@@ -197,9 +205,11 @@ async def synthetic_lookups(reader: FeatureReader, keys: Sequence[str], count: i
 class WarmupReport:
     steps: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
+    server_started_at: dt.datetime | None = None  # the server start this warm-up was for
 
     def as_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 3), "steps": self.steps}
+        started = self.server_started_at.isoformat() if self.server_started_at else None
+        return {"seconds": round(self.seconds, 3), "serverStartedAt": started, "steps": self.steps}
 
 
 async def warm_up(
@@ -211,9 +221,12 @@ async def warm_up(
     concurrency: int,
     samples: Samples | None = None,
 ) -> WarmupReport:
-    """Run the three steps once; raises on a database error (the caller retries)."""
+    """Run the three steps once; raises on a database error (the caller retries). The report
+    names the server start it warmed up for, read first: a restart during warm-up is then
+    seen as a restart after it."""
     report = WarmupReport()
     began = time.perf_counter()
+    report.server_started_at = await server_started_at(reader.pool)
 
     async def step(name: str, coro) -> None:
         start = time.perf_counter()
