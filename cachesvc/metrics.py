@@ -40,6 +40,15 @@ class PoolCollector:
                                   value=sum(b.batches for b in lookups))
         yield CounterMetricFamily("cachesvc_feature_lookups_coalesced",
                                   "feature lookups answered together with others", value=sum(b.coalesced for b in lookups))
+        l1 = self.metrics.features.l1 if self.metrics.features is not None else None
+        if l1 is not None:
+            for name, doc, value in (
+                ("hits", "feature lookup keys answered from the service's memory", l1.hits),
+                ("misses", "feature lookup keys read from the database with the L1 on", l1.misses),
+                ("replaced", "feature lookup keys read again because a table was replaced since they were cached", l1.replaced),
+            ):
+                yield CounterMetricFamily(f"cachesvc_feature_l1_{name}", doc, value=value)
+            yield GaugeMetricFamily("cachesvc_feature_l1_rows", "(table, key) feature rows in the service's memory", value=len(l1.rows))
         yield from self._replica()
         if self.metrics.bouncer is not None:
             yield from self.metrics.bouncer.collect()

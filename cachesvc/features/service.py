@@ -43,6 +43,7 @@ from cachesvc.features import catalog as feature_catalog
 from cachesvc.features import warmup
 from cachesvc.features.catalog import FeatureTable
 from cachesvc.features.hotkeys import HotKeys
+from cachesvc.features.l1 import L1
 from cachesvc.features.readiness import Readiness
 from cachesvc.db.routing import ReadRouter, Reads, Target
 from cachesvc.db.transaction import Budget, Transactions, within_budget
@@ -80,6 +81,7 @@ class FeatureService:
         self.hot_keys = hot_keys
         self.readiness = readiness
         self.replica_warmed_for = None  # the replica server start its warm-up was for
+        self.l1 = L1(settings.l1_max_age_ms / 1000, settings.l1_entries) if settings.l1_max_age_ms > 0 else None
         self.batchers = {
             t: ReadBatcher(functools.partial(self._lookup_batch, t), settings.read_lanes, BATCH_MAX_KEYS, shape_of=_shape)
             for t in Target
@@ -89,28 +91,50 @@ class FeatureService:
             self.router.monitor.on_unusable.append(self._divert_replica_lookups)
 
     async def lookup(self, keys: list[str], tables: list[FeatureTable]) -> list[Features]:
-        """Features of ``keys``: on the replica when it is usable and warm, else on the primary."""
+        """Features of ``keys``: on the replica when it is usable and warm, else on the primary;
+        with the L1 on, from memory where it is current (cachesvc.features.l1)."""
         target = self.router.choose(warm=self.replica_warm())
+        if self.l1 is None:
+            return await self._fetch(target, keys, tables)
+        return await self.l1.lookup(keys, tables, functools.partial(self._fetch, target, tables=tables, files=True))
+
+    async def _fetch(self, target: Target, keys: list[str], tables: list[FeatureTable], *, files: bool = False):
+        """The features of ``keys`` read from the database; with ``files`` (the L1's), also the
+        tables' file nodes, read first in the same transaction: ``(features, file nodes)``
+        (no keys: only the file nodes)."""
         if self.batchers:
-            found = await within_budget(self.batchers[target].fetch([(key, tables) for key in keys]))
+            items = [(key, tables) for key in keys] or [(None, tables)]
+            found = await within_budget(self.batchers[target].fetch(items))
+            nodes = found[0][1] if files else None
+            found = [features for features, _ in found if features is not None] if files else found
             names = [t.name for t in tables]
             if found and list(found[0]) != names:  # the batch's first lookup named them in another order
                 found = [{name: features[name] for name in names} for features in found]
-            return found
+            return (found, nodes) if files else found
         plan = self.reader.plan(keys, tables)
-        results = await self.reads.run(target, plan.statements, context=CONTEXT) if plan.statements else []
+        statements = [(self.l1.statement(tables), None), *plan.statements] if files else plan.statements
+        results = await self.reads.run(target, statements, context=CONTEXT) if statements else []
+        if files:
+            return plan.collect(results[1:]), self.l1.files_of(tables, results[0][0])
         return plan.collect(results)
 
-    async def _lookup_batch(self, target: Target, items: list[Item]) -> list[Features]:
+    async def _lookup_batch(self, target: Target, items: list[Item]) -> list:
         """One transaction for the lookups of a batch, all of one set of tables; the features of
-        each item. The batch has a budget of its own (its task outlives the request that started
-        it); each request waits for it only as long as its own budget allows."""
-        plan = self.reader.plan([key for key, _ in items], items[0][1])
-        if not plan.statements:  # no key can be in any of the tables
+        each item (with the L1 on: ``(features, file nodes)``, features None for an item that
+        asks for the file nodes only). The batch has a budget of its own (its task outlives the
+        request that started it); each request waits for it only as long as its own budget allows."""
+        tables = items[0][1]
+        plan = self.reader.plan([key for key, _ in items if key is not None], tables)
+        statements = [(self.l1.statement(tables), None), *plan.statements] if self.l1 else plan.statements
+        if not statements:  # no key can be in any of the tables
             return plan.collect([])
         budget = Budget(self.reads.transactions.request_timeout_s)
-        results = await self.reads.run(target, plan.statements, context=CONTEXT, budget=budget)
-        return plan.collect(results)
+        results = await self.reads.run(target, statements, context=CONTEXT, budget=budget)
+        if self.l1 is None:
+            return plan.collect(results)
+        nodes = self.l1.files_of(tables, results[0][0])
+        found = iter(plan.collect(results[1:]))
+        return [(None if key is None else next(found), nodes) for key, _ in items]
 
     def _divert_replica_lookups(self) -> None:
         moved = self.batchers[Target.REPLICA].divert_to(self.batchers[Target.PRIMARY])
