@@ -13,7 +13,11 @@ in transaction mode), seeds the cache, starts the service as production runs it,
    service sends for ``GET /v1/features/{key}?tables=<every demo table>`` (``ceiling.py``),
    then the service's closed-loop throughput (wrk) of that request, at the same concurrency;
 6. the first feature lookup after a PostgreSQL restart against the warm p50 (``restart.py``);
-7. with ``scale``: GET latency again with 10M cache rows.
+7. the in-process cache of feature rows (``CACHESVC_FEATURES_L1_MAX_AGE_MS``): lookups of
+   ``HOT_KEYS`` keys of the demo set, 10 keys a lookup at 200 req/s without it and with it
+   (``L1_MAX_AGE_MS``), 1 key at 200 req/s and the closed loop of (5) with it, each with the
+   share of keys it answered;
+8. with ``scale``: GET latency again with 10M cache rows.
 
 The server CPU per request (service / PgBouncer / PostgreSQL, ``cpu.py``) comes with each
 run; a ceiling's is per pgbench transaction (no service: pgbench, like wrk, is not counted).
@@ -28,6 +32,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import httpx2
 import psycopg
 
 from cachesvc import auth
@@ -115,19 +120,75 @@ def feature_paths(rows: int, tables: list[str], count: int = 2000, seed: int = 3
     return [f"/v1/features/{rng.randint(1, rows)}?tables={','.join(tables)}" for _ in range(count)]
 
 
-def feature_requests(secret: str, port: int, n_keys: int, rows: int, count: int = 2000) -> list[bytes]:
+def feature_requests(secret: str, port: int, n_keys: int, rows: int, count: int = 2000, *, hot: int = 0) -> list[bytes]:
+    """Feature lookups of ``n_keys`` keys at random over every table: keys 1..``rows``, or with
+    ``hot`` only the ``hot`` keys of a fixed random set (the traffic an in-process cache is for)."""
     import random
 
     rng = random.Random(n_keys)
+    pool = random.Random(hot).sample(range(1, rows + 1), hot) if hot else None
+
+    def key() -> int:
+        return rng.choice(pool) if pool else rng.randint(1, rows)
+
     headers = feature_headers(secret)
     if n_keys == 1:
-        return [loadgen.build_request("GET", f"/v1/features/{rng.randint(1, rows)}", f"127.0.0.1:{port}", headers)
+        return [loadgen.build_request("GET", f"/v1/features/{key()}", f"127.0.0.1:{port}", headers)
                 for _ in range(count)]
     return [
         loadgen.build_request("POST", "/v1/features/lookup", f"127.0.0.1:{port}", headers,
-                              json.dumps({"entityKeys": [str(rng.randint(1, rows)) for _ in range(n_keys)]}).encode())
+                              json.dumps({"entityKeys": [str(key()) for _ in range(n_keys)]}).encode())
         for _ in range(count)
     ]
+
+
+HOT_KEYS = 1000
+L1_MAX_AGE_MS = 5000
+
+
+def l1_hit_ratio(service: Service, run) -> dict:
+    """``run()``'s summary with the share of lookup keys the L1 answered meanwhile (/metrics)."""
+    def counts() -> tuple[float, float]:
+        text = httpx2.get(service.url + "/metrics", timeout=10).text
+        found = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                     if line.startswith(("cachesvc_feature_l1_hits_total ", "cachesvc_feature_l1_misses_total ")))
+        return float(found["cachesvc_feature_l1_hits_total"]), float(found["cachesvc_feature_l1_misses_total"])
+
+    hits0, misses0 = counts()
+    summary = run()
+    hits1, misses1 = counts()
+    asked = (hits1 - hits0) + (misses1 - misses0)
+    return summary | {"l1_hit_ratio": round((hits1 - hits0) / asked, 3) if asked else None}
+
+
+def feature_l1(stack: LocalStack, home: Path, secret: str, seconds: int, clients: int, rows: int, tables: list[str],
+               plain: Service) -> dict:
+    """The in-process cache's figures (module docstring): ``HOT_KEYS`` keys, 10 keys a lookup at
+    200 req/s without it (``plain``) and with it, 1 key at 200 req/s and closed loop with it."""
+    results = {}
+    hot10 = feature_requests(secret, plain.port, 10, rows, hot=HOT_KEYS)
+    say(f"feature lookup, 10 of {HOT_KEYS:,} hot keys, open loop at 200 req/s, without the L1")
+    results["features_hot_10key_200"] = with_cpu(stack, plain, lambda: asyncio.run(
+        loadgen.open_loop("127.0.0.1", plain.port, hot10, 200, seconds)).summary())
+    service = Service(stack, home, secret, features_l1_max_age_ms=str(L1_MAX_AGE_MS))
+    try:
+        for n_keys in (1, 10):
+            say(f"feature lookup, {n_keys} of {HOT_KEYS:,} hot keys, open loop at 200 req/s, L1 on")
+            reqs = feature_requests(secret, service.port, n_keys, rows, hot=HOT_KEYS)
+            results[f"features_l1_{n_keys}key_200"] = l1_hit_ratio(service, lambda reqs=reqs: with_cpu(stack, service, lambda: asyncio.run(
+                loadgen.open_loop("127.0.0.1", service.port, reqs, 200, seconds)).summary()))
+        say(f"feature lookup, 1 of {HOT_KEYS:,} hot keys x {len(tables)} tables, closed loop, L1 on")
+        headers = feature_headers(secret)
+        import random
+        rng = random.Random(HOT_KEYS)
+        keys = rng.sample(range(1, rows + 1), HOT_KEYS)
+        reqs = [loadgen.build_request("GET", f"/v1/features/{rng.choice(keys)}?tables={','.join(tables)}",
+                                      f"127.0.0.1:{service.port}", headers) for _ in range(2000)]
+        results["features_l1_closed"] = l1_hit_ratio(service, lambda: with_cpu(
+            stack, service, lambda: closed_loop(service, reqs, home, clients, seconds)))
+    finally:
+        service.stop()
+    return results
 
 
 def seed_scale(stack: LocalStack, target: int = 10_000_000) -> None:
@@ -240,6 +301,8 @@ def measure(*, seconds: int, clients: int, rates: list[int], scale: bool, featur
                 after, service = restart.after_restart(stack, service, lambda: Service(stack, home, secret, ready=False),
                                                        paths, headers)
                 results |= {f"features_after_restart_{case}": value for case, value in after.items()}
+                if service is not None:
+                    results |= feature_l1(stack, home, secret, seconds, clients, feature_rows, tables, service)
             if scale:
                 service = service or Service(stack, home, secret)
                 say("seeding to 10M rows (this takes a while)")

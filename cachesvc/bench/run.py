@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from cachesvc.bench import loadgen, restart
-from cachesvc.bench.measure import CONTENT, KEYS_PER_USER, USERS, measure
+from cachesvc.bench.measure import CONTENT, HOT_KEYS, KEYS_PER_USER, L1_MAX_AGE_MS, USERS, measure
 from cachesvc.bench.report import machine, say
 from cachesvc.migrations import PROJECT_ROOT
 
@@ -92,7 +92,8 @@ def median_of(runs: list[dict]) -> dict:
 
 def ratios(results: dict) -> dict[str, float]:
     """Closed-loop service throughput over its ceiling's, for GET and (when run) feature lookups."""
-    pairs = {"get": ("get_closed", "ceiling"), "features_1key": ("features_closed", "features_ceiling")}
+    pairs = {"get": ("get_closed", "ceiling"), "features_1key": ("features_closed", "features_ceiling"),
+             "features_1key_l1_hot": ("features_l1_closed", "features_ceiling")}
     return {name: round(results[service]["rps"] / results[ceiling]["tps"], 3)
             for name, (service, ceiling) in pairs.items() if service in results and ceiling in results}
 
@@ -138,6 +139,23 @@ def report_table(results: dict, feature_tables: int, feature_rows: int) -> str:
         rows.append((f"feature lookup, {data}, 1 key, `?tables=` all {feature_tables}, closed loop",
                      f"{rps:,.0f} req/s ({rps / tps:.2f} x ceiling)",
                      f"p50 {feature_closed['p50_ms']} ms, p99 {feature_closed['p99_ms']} ms", "", "features_closed"))
+    hot = f"{HOT_KEYS:,} hot keys"
+    l1 = f"L1 on (max age {L1_MAX_AGE_MS / 1000:g} s)"
+    for key, label in (("features_hot_10key_200", f"feature lookup, 10 of {hot}, open loop at 200 req/s, L1 off"),
+                       ("features_l1_10key_200", f"feature lookup, 10 of {hot}, open loop at 200 req/s, {l1}"),
+                       ("features_l1_1key_200", f"feature lookup, 1 of {hot}, open loop at 200 req/s, {l1}")):
+        value = results.get(key)
+        if value:
+            answered = f"; {value['l1_hit_ratio']:.0%} of keys from memory" if value.get("l1_hit_ratio") is not None else ""
+            rows.append((label + answered, f"{value['rps']:,.0f} req/s",
+                         f"p50 {value['p50_ms']} ms, p99 {value['p99_ms']} ms, p99.9 {value['p999_ms']} ms", target_cell(value), key))
+    l1_closed = results.get("features_l1_closed")
+    if l1_closed and feature_ceiling:
+        rps, tps = l1_closed["rps"], feature_ceiling["tps"]
+        answered = f"; {l1_closed['l1_hit_ratio']:.0%} of keys from memory" if l1_closed.get("l1_hit_ratio") is not None else ""
+        rows.append((f"feature lookup, 1 of {hot}, `?tables=` all {feature_tables}, closed loop, {l1}{answered}",
+                     f"{rps:,.0f} req/s ({rps / tps:.2f} x ceiling)",
+                     f"p50 {l1_closed['p50_ms']} ms, p99 {l1_closed['p99_ms']} ms", "", "features_l1_closed"))
     for case, how in (("kept", "service kept running, at once"),
                       ("kept_rewarmed", "service kept running, once it warmed up again"),
                       ("started", "service started after it")):
