@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import pytest
@@ -95,22 +96,30 @@ def test_a_row_changed_in_place_is_seen_once_the_bound_has_passed(stack, tokens,
 @pytest.mark.parametrize("lanes", ["2", "0"])
 def test_answers_are_the_databases_for_any_mix_of_cached_and_new_keys(stack, tokens, tables, start_service, lanes):
     """Random lookups (table sets in any order, duplicate keys, misses, keys no table can hold),
-    the same requests to a service with the cache and to one without, in turns: every answer
-    equal. A small cache (50 rows) makes most lookups a mix of rows kept and rows read."""
+    sent eight at a time (so that lookups share batches, with lanes) to a service with the
+    cache and to one without: every answer equal. A small cache (50 rows) makes most lookups
+    a mix of rows kept and rows read, and rows pushed out by other lookups meanwhile."""
     cached = start_service(log=f"l1-{lanes}.log", features_tables=tables, features_l1_max_age_ms="600000",
                            features_l1_entries="50", features_read_lanes=lanes)
     plain = start_service(log=f"plain-{lanes}.log", features_tables=tables, features_read_lanes=lanes)
     rng = random.Random(int(lanes) + 11)
     sets = [None, [GEN], [OTHER, GEN], [NAMES, OTHER], [GEN, NAMES, OTHER], [NAMES]]
+    bodies = []
+    for _ in range(240):
+        keys = [str(rng.choice([rng.randint(1, 60), rng.randint(1, 60), rng.randint(KEYS, KEYS + 5)]))
+                for _ in range(rng.randint(1, 8))]
+        keys += rng.sample(["007", "abc", "-0", "0", keys[0]], rng.randint(0, 2))
+        bodies.append({"entityKeys": keys} | ({"tables": tabs} if (tabs := rng.choice(sets)) else {}))
     headers = service_headers(tokens)
-    with http_client(cached, headers=headers) as a, http_client(plain, headers=headers) as b:
-        for _ in range(150):
-            keys = [str(rng.choice([rng.randint(1, 60), rng.randint(1, 60), rng.randint(KEYS, KEYS + 5)]))
-                    for _ in range(rng.randint(1, 8))]
-            keys += rng.sample(["007", "abc", "-0", "0", keys[0]], rng.randint(0, 2))
-            body = {"entityKeys": keys} | ({"tables": tabs} if (tabs := rng.choice(sets)) else {})
-            one, other = a.post("/v1/features/lookup", json=body), b.post("/v1/features/lookup", json=body)
-            assert one.status_code == other.status_code == 200, (one.text, other.text)
-            assert one.json() == other.json(), json.dumps(body)
+
+    def answers(service) -> list:
+        with http_client(service, headers=headers) as http, ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda body: http.post("/v1/features/lookup", json=body), bodies))
+
+    for one, other, body in zip(answers(cached), answers(plain), bodies):
+        assert one.status_code == other.status_code == 200, (one.text, other.text)
+        assert one.json() == other.json(), json.dumps(body)
     assert metric(cached, HITS) > 100 and metric(cached, MISSES) > 100  # both ways were taken
     assert metric(cached, ROWS) <= 50
+    if lanes != "0":
+        assert metric(cached, "cachesvc_feature_lookups_coalesced_total") > 0  # batches were shared
