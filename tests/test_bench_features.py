@@ -126,6 +126,9 @@ def test_the_report_sets_the_feature_path_beside_its_ceiling():
         "features_closed": {"rps": 600.0, "p50_ms": 5.0, "p99_ms": 20.0, "cpu_ms_per_request": cpu},
         "features_after_restart_kept": {"first_ms": 9.5, "warm_p50_ms": 2.5, "x_warm_p50": 3.8, "target_x": 2.0,
                                         "target_met": False},
+        "features_l1_10key_200": {"rps": 200.0, "p50_ms": 2.0, "p99_ms": 4.0, "p999_ms": 6.0, "target_rps": 180.0,
+                                  "target_met": True, "l1_hit_ratio": 0.876},
+        "features_l1_closed": {"rps": 1200.0, "p50_ms": 5.0, "p99_ms": 20.0, "l1_hit_ratio": 0.91, "cpu_ms_per_request": cpu},
         "features_after_restart_kept_rewarmed": {"first_ms": 4.0, "warm_p50_ms": 2.5, "x_warm_p50": 1.6, "target_x": 2.0,
                                                  "target_met": True, "rewarmed_after_s": 1.23},
         "features_after_restart_started": {"error": 'not ready after 60 s; /readyz said: {"a": "b|c"}', "warm_p50_ms": 2.5,
@@ -133,7 +136,7 @@ def test_the_report_sets_the_feature_path_beside_its_ceiling():
         "put_closed": {"rps": 500.0, "p50_ms": 6.0, "p99_ms": 30.0},
         "put_open_300": {"rps": 300.0, "p50_ms": 3.0, "p99_ms": 5.0, "p999_ms": 9.0, "target_rps": 270.0, "target_met": True},
     }
-    assert run.ratios(results) == {"get": 1.1, "features_1key": 0.75}
+    assert run.ratios(results) == {"get": 1.1, "features_1key": 0.75, "features_1key_l1_hot": 1.5}
     lines = run.report_table(results, 30, 100_000).splitlines()
     ceiling_row = next(line for line in lines if line.startswith("| feature ceiling: pgbench"))
     assert "| 800 tx/s | avg 4.0 ms |" in ceiling_row and ceiling_row.endswith("| – / 0.060 / 1.100 ms |")
@@ -141,6 +144,10 @@ def test_the_report_sets_the_feature_path_beside_its_ceiling():
     assert "| 600 req/s (0.75 x ceiling) |" in closed and closed.endswith("| 0.500 / 0.050 / 0.400 ms |")
     first = next(line for line in lines if "first request after a PostgreSQL restart" in line)
     assert "9.5 ms = 3.80 x warm p50 (2.50 ms)" in first and "≤ 2 x warm p50: missed" in first
+    l1_open = next(line for line in lines if "10 of 1,000 hot keys" in line)
+    assert "L1 on (max age 5 s); 88% of keys from memory | 200 req/s | p50 2.0 ms, p99 4.0 ms" in l1_open
+    l1_closed = next(line for line in lines if "closed loop, L1 on" in line)
+    assert "91% of keys from memory | 1,200 req/s (1.50 x ceiling) |" in l1_closed
     rewarmed = next(line for line in lines if "once it warmed up again" in line)
     assert "(1.2 s after the restart)" in rewarmed and "4.0 ms = 1.60 x warm p50" in rewarmed and "≤ 2 x warm p50: met" in rewarmed
     started = next(line for line in lines if "service started after it" in line)
