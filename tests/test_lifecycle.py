@@ -26,7 +26,7 @@ from cachesvc.localstack import DATABASE, SUPERUSER
 LOGIN = "cachesvc_lifecycle"
 # Every start-up step of open_context, in order (the normal start checks that it is complete).
 STEPS = ("primary_pool", "replica", "features", "loops", "warm_up")
-LOOPS = {"replica-monitor", "counter-flush", "features-warmup", "features-hot-keys", "features-replica-warmup"}
+LOOPS = {"replica-monitor", "counter-flush", "features-warmup", "features-hot-keys", "features-replica-warmup", "features-rewarm"}
 NOTHING_OPEN = {"open pools": [], "pending tasks": []}
 
 

@@ -38,14 +38,8 @@ async def _warmup(settings: Settings) -> int:
         reader = FeatureReader(pool, found, strategy=settings.features.strategy)
         samples = await warmup.sample_keys(reader)
         progress(f"warming {len(found.tables)} tables")
-        report = await warmup.warm_up(
-            reader,
-            prewarm_fraction=settings.features.prewarm_fraction,
-            hot_key_limit=settings.features.warmup_hot_keys,
-            lookups=settings.features.warmup_lookups,
-            concurrency=settings.database.pool_size,
-            samples=samples,
-        )
+        report = await warmup.warm_up_as_set(reader, settings.features, concurrency=settings.database.pool_size,
+                                             samples=samples)
         keys = samples.probe or samples.warm
         probe = await readiness.probe(reader, keys, settings.features, random.Random()) if keys else None
     finally:

@@ -104,6 +104,7 @@ class Readiness:
         self.rewarms = 0  # warm-ups after a restart, finished
         self.rewarm: warmup.WarmupReport | None = None  # the last of them
         self.rewarming = False
+        self.check_pool = None  # where ``watch_restarts`` asks (the service's check connection); else the reader's pool
         self.ready = asyncio.Event()
         if not self.enabled:
             self.ready.set()
@@ -159,14 +160,8 @@ class Readiness:
             self.state = "warming"
             try:
                 samples = await warmup.sample_keys(self.reader)
-                self.report = await warmup.warm_up(
-                    self.reader,
-                    prewarm_fraction=self.settings.prewarm_fraction,
-                    hot_key_limit=self.settings.warmup_hot_keys,
-                    lookups=self.settings.warmup_lookups,
-                    concurrency=self.reader.pool.max_size,
-                    samples=samples,
-                )
+                self.report = await warmup.warm_up_as_set(self.reader, self.settings, concurrency=self.reader.pool.max_size,
+                                                          samples=samples)
                 self.warmed_for = self.report.server_started_at
                 self.error = None
                 return samples
@@ -188,7 +183,7 @@ class Readiness:
             await asyncio.sleep(interval)
             try:
                 async with asyncio.timeout(max(interval, 5.0)):
-                    started = await warmup.server_started_at(self.reader.pool)
+                    started = await warmup.server_started_at(self.check_pool or self.reader.pool)
             except Exception:  # down, or coming back: a later check sees the new start
                 continue
             if started != self.warmed_for:
@@ -199,13 +194,8 @@ class Readiness:
                  extra={"fields": {"serverStartedAt": started.isoformat()}})
         self.rewarming = True
         try:
-            report = await warmup.warm_up(
-                self.reader,
-                prewarm_fraction=self.settings.prewarm_fraction,
-                hot_key_limit=self.settings.warmup_hot_keys,
-                lookups=self.settings.warmup_lookups,
-                concurrency=max(1, self.reader.pool.max_size // 2),  # live lookups keep the rest
-            )
+            report = await warmup.warm_up_as_set(  # live lookups keep half the pool
+                self.reader, self.settings, concurrency=max(1, self.reader.pool.max_size // 2))
         except Exception as exc:  # the next check tries again
             log.warning("feature warm-up after a restart failed: %s", exc)
             return

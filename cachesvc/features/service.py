@@ -159,13 +159,8 @@ class FeatureService:
             if not monitor.usable() or started is None or started == self.replica_warmed_for:
                 continue
             try:
-                report = await warmup.warm_up(
-                    self.replica_reader,
-                    prewarm_fraction=self.settings.prewarm_fraction,
-                    hot_key_limit=self.settings.warmup_hot_keys,
-                    lookups=self.settings.warmup_lookups,
-                    concurrency=self.replica_reader.pool.max_size,
-                )
+                report = await warmup.warm_up_as_set(self.replica_reader, self.settings,
+                                                     concurrency=self.replica_reader.pool.max_size)
             except Exception as exc:  # the replica went away meanwhile: lookups stay on the primary
                 log.warning("replica feature warm-up failed, retrying: %s", exc)
                 await asyncio.sleep(1.0)

@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 from cachesvc.features import hotkeys
 from cachesvc.features.catalog import FeatureTable
 from cachesvc.features.reader import MAX_KEYS, FeatureReader
+from cachesvc.settings import FeatureSettings
 
 log = logging.getLogger("cachesvc.features")
 
@@ -210,6 +211,15 @@ class WarmupReport:
     def as_dict(self) -> dict:
         started = self.server_started_at.isoformat() if self.server_started_at else None
         return {"seconds": round(self.seconds, 3), "serverStartedAt": started, "steps": self.steps}
+
+
+async def warm_up_as_set(reader: FeatureReader, settings: FeatureSettings, *, concurrency: int,
+                         samples: Samples | None = None) -> WarmupReport:
+    """``warm_up`` as the ``CACHESVC_FEATURES_*`` settings say."""
+    return await warm_up(
+        reader, prewarm_fraction=settings.prewarm_fraction, hot_key_limit=settings.warmup_hot_keys,
+        lookups=settings.warmup_lookups, concurrency=concurrency, samples=samples,
+    )
 
 
 async def warm_up(
