@@ -49,6 +49,8 @@ class PoolCollector:
             ):
                 yield CounterMetricFamily(f"cachesvc_feature_l1_{name}", doc, value=value)
             yield GaugeMetricFamily("cachesvc_feature_l1_rows", "(table, key) feature rows in the service's memory", value=len(l1.rows))
+            yield GaugeMetricFamily("cachesvc_feature_l1_bytes", "what those rows count for against CACHESVC_FEATURES_L1_MAX_MB",
+                                    value=l1.bytes)
         yield from self._replica()
         if self.metrics.bouncer is not None:
             yield from self.metrics.bouncer.collect()

@@ -172,8 +172,8 @@ class FeatureSettings:
         0.0, env="FEATURES_L1_MAX_AGE_MS",
         help="keep feature rows in the service's memory for at most this long (0: off); a replaced table is seen at once, a row changed in place within this bound (docs/features.md)",
     )
-    l1_entries: int = _setting(
-        100_000, env="FEATURES_L1_ENTRIES", help="most (table, key) feature rows kept in memory, the oldest dropped first",
+    l1_max_mb: float = _setting(
+        64.0, env="FEATURES_L1_MAX_MB", help="memory for feature rows kept by the L1 (their JSON and per-row overhead), the oldest dropped first",
     )
     warmup: bool = _setting(True, env="FEATURES_WARMUP", help="warm the feature tables up before /readyz turns ready")
     warmup_wait_s: float = _setting(
@@ -215,8 +215,8 @@ class FeatureSettings:
             raise SettingsError(f"{PREFIX}FEATURES_WARMUP_* and {PREFIX}FEATURES_READY_LATENCY_MS must not be negative")
         if self.read_lanes < 0:
             raise SettingsError(f"{PREFIX}FEATURES_READ_LANES must not be negative")
-        if self.l1_max_age_ms < 0 or self.l1_entries < 1:
-            raise SettingsError(f"{PREFIX}FEATURES_L1_MAX_AGE_MS must not be negative and {PREFIX}FEATURES_L1_ENTRIES must be at least 1")
+        if self.l1_max_age_ms < 0 or self.l1_max_mb <= 0:
+            raise SettingsError(f"{PREFIX}FEATURES_L1_MAX_AGE_MS must not be negative and {PREFIX}FEATURES_L1_MAX_MB must be positive")
         if self.restart_check_s < 0:
             raise SettingsError(f"{PREFIX}FEATURES_RESTART_CHECK_S must not be negative")
 

@@ -4,7 +4,7 @@ What it promises: a replaced table (``features load``'s swap, a peer's TRUNCATE)
 the first lookup after it; a row changed in place is seen once ``CACHESVC_FEATURES_L1_MAX_AGE_MS``
 has passed, and may be served from memory until then; answers are the database's, key by key
 and table by table, for any mix of cached and uncached keys; memory holds at most
-``CACHESVC_FEATURES_L1_ENTRIES`` rows; and a cached row is no way around the token check.
+``CACHESVC_FEATURES_L1_MAX_MB``; and a cached row is no way around the token check.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2
 import pytest
 
+from cachesvc.features.l1 import ENTRY_BYTES
 from tests.harness import create_table, drop_tables, http_client, maintainer, metric, service_headers
 from tests.test_features_load import cli, write_generation
 
 GEN, OTHER, NAMES = "fl_generations", "fl_steady", "fl_names"
 KEYS = 2000  # as write_generation writes
-HITS, MISSES, REPLACED, ROWS = ("cachesvc_feature_l1_hits_total", "cachesvc_feature_l1_misses_total",
-                                "cachesvc_feature_l1_replaced_total", "cachesvc_feature_l1_rows")
+HITS, MISSES, REPLACED, ROWS, BYTES = ("cachesvc_feature_l1_hits_total", "cachesvc_feature_l1_misses_total",
+                                       "cachesvc_feature_l1_replaced_total", "cachesvc_feature_l1_rows",
+                                       "cachesvc_feature_l1_bytes")
+SMALL_MB = 0.015  # room for about 50 of this module's rows (a short JSON each, and ENTRY_BYTES)
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +100,10 @@ def test_a_row_changed_in_place_is_seen_once_the_bound_has_passed(stack, tokens,
 def test_answers_are_the_databases_for_any_mix_of_cached_and_new_keys(stack, tokens, tables, start_service, lanes):
     """Random lookups (table sets in any order, duplicate keys, misses, keys no table can hold),
     sent eight at a time (so that lookups share batches, with lanes) to a service with the
-    cache and to one without: every answer equal. A small cache (50 rows) makes most lookups
+    cache and to one without: every answer equal. A small cache (about 50 rows) makes most lookups
     a mix of rows kept and rows read, and rows pushed out by other lookups meanwhile."""
     cached = start_service(log=f"l1-{lanes}.log", features_tables=tables, features_l1_max_age_ms="600000",
-                           features_l1_entries="50", features_read_lanes=lanes)
+                           features_l1_max_mb=str(SMALL_MB), features_read_lanes=lanes)
     plain = start_service(log=f"plain-{lanes}.log", features_tables=tables, features_read_lanes=lanes)
     rng = random.Random(int(lanes) + 11)
     sets = [None, [GEN], [OTHER, GEN], [NAMES, OTHER], [GEN, NAMES, OTHER], [NAMES]]
@@ -120,6 +123,6 @@ def test_answers_are_the_databases_for_any_mix_of_cached_and_new_keys(stack, tok
         assert one.status_code == other.status_code == 200, (one.text, other.text)
         assert one.json() == other.json(), json.dumps(body)
     assert metric(cached, HITS) > 100 and metric(cached, MISSES) > 100  # both ways were taken
-    assert metric(cached, ROWS) <= 50
+    assert 0 < metric(cached, BYTES) <= SMALL_MB * 2**20 and 20 < metric(cached, ROWS) <= SMALL_MB * 2**20 / ENTRY_BYTES
     if lanes != "0":
         assert metric(cached, "cachesvc_feature_lookups_coalesced_total") > 0  # batches were shared

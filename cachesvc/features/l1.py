@@ -14,8 +14,9 @@ What it promises about freshness:
 - **A row changed in place is seen within the bound.** An ``UPDATE``, ``INSERT`` or ``DELETE``
   by any writer keeps the file node, so a cached row (or a cached miss) may be served until
   ``CACHESVC_FEATURES_L1_MAX_AGE_MS`` after the transaction that read it began, never later.
-- **Memory is bounded**: at most ``CACHESVC_FEATURES_L1_ENTRIES`` (table, key) rows, the
-  oldest read dropped first.
+- **Memory is bounded**: the rows' JSON, plus ``ENTRY_BYTES`` for each (table, key) kept,
+  stays within ``CACHESVC_FEATURES_L1_MAX_MB``; the oldest read are dropped first. (A bound in
+  rows would be no bound for a table of wide rows.)
 
 Feature rows are not per user (the tables have no row-level security; who may read them is
 decided by the token, before a lookup reaches this), so one cache serves every caller. Keys
@@ -33,6 +34,10 @@ from psycopg import sql
 from cachesvc.features.catalog import FeatureTable
 from cachesvc.features.reader import Features
 
+# What one kept (table, key) costs besides its row's JSON: the dict slot, the key and entry
+# tuples, the time, the Raw object. Measured with tracemalloc over 60,000 entries: 166 bytes
+# for a cached miss, 243 besides the JSON for a row.
+ENTRY_BYTES = 250
 Files = dict[str, int]  # table name -> its file node in the transaction that read it
 # Fetch the features of some keys (none: only the file nodes) and the file nodes, in one transaction.
 Fetch = Callable[[list[str]], Awaitable[tuple[list[Features], Files]]]
@@ -45,10 +50,15 @@ def files_statement(tables: Sequence[FeatureTable]) -> str:
     )).as_string()
 
 
+def _size(row) -> int:
+    return ENTRY_BYTES + (len(row) if row is not None else 0)
+
+
 class L1:
-    def __init__(self, max_age_s: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_age_s: float, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age_s = max_age_s
-        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the kept rows count for against ``max_bytes``
         self.clock = clock
         self.rows: dict[tuple[str, str], tuple[int, float, object]] = {}  # (table, key) -> (file node, read at, row)
         self._statements: dict[tuple[str, ...], str] = {}
@@ -90,10 +100,14 @@ class L1:
         rows = self.rows
         for table in tables:
             slot = (table.name, key)
-            rows.pop(slot, None)  # re-inserted last: the newest
-            rows[slot] = (files[table.name], at, features[table.name])
-        while len(rows) > self.max_entries:
-            del rows[next(iter(rows))]
+            old = rows.pop(slot, None)  # re-inserted last: the newest
+            if old is not None:
+                self.bytes -= _size(old[2])
+            row = features[table.name]
+            rows[slot] = (files[table.name], at, row)
+            self.bytes += _size(row)
+        while self.bytes > self.max_bytes and rows:
+            self.bytes -= _size(rows.pop(next(iter(rows)))[2])
 
     async def lookup(self, keys: Sequence[str], tables: Sequence[FeatureTable], fetch: Fetch) -> list[Features]:
         """Features of ``keys`` from ``tables``: from memory where current, else by ``fetch``."""

@@ -81,7 +81,7 @@ class FeatureService:
         self.hot_keys = hot_keys
         self.readiness = readiness
         self.replica_warmed_for = None  # the replica server start its warm-up was for
-        self.l1 = L1(settings.l1_max_age_ms / 1000, settings.l1_entries) if settings.l1_max_age_ms > 0 else None
+        self.l1 = L1(settings.l1_max_age_ms / 1000, int(settings.l1_max_mb * 2**20)) if settings.l1_max_age_ms > 0 else None
         self.batchers = {
             t: ReadBatcher(functools.partial(self._lookup_batch, t), settings.read_lanes, BATCH_MAX_KEYS, shape_of=_shape)
             for t in Target
