@@ -26,6 +26,10 @@ A failed batch is the failure of each of its lookups, mapped to the same answer 
 The statement reads each table under READ COMMITTED with a snapshot taken after its locks
 (reader.py), so a table swapped by ``features load`` is still seen whole by every lookup of
 the batch, old or new.
+
+With the L1 on (``CACHESVC_FEATURES_L1_MAX_AGE_MS`` > 0; cachesvc.features.l1), every
+transaction reads the tables' file nodes first, and a lookup whose keys are all in memory
+still asks for them: a batch item with no key, which shares a batch like any other.
 """
 
 from __future__ import annotations
@@ -43,11 +47,11 @@ from cachesvc.features import catalog as feature_catalog
 from cachesvc.features import warmup
 from cachesvc.features.catalog import FeatureTable
 from cachesvc.features.hotkeys import HotKeys
-from cachesvc.features.l1 import L1
+from cachesvc.features.l1 import L1, Files
 from cachesvc.features.readiness import Readiness
 from cachesvc.db.routing import ReadRouter, Reads, Target
 from cachesvc.db.transaction import Budget, Transactions, within_budget
-from cachesvc.features.reader import CONTEXT, MAX_KEYS, FeatureReader, Features
+from cachesvc.features.reader import CONTEXT, MAX_KEYS, FeatureReader, Features, Plan
 from cachesvc.settings import FeatureSettings, ReplicaSettings
 
 log = logging.getLogger("cachesvc.features")
@@ -95,46 +99,45 @@ class FeatureService:
         with the L1 on, from memory where it is current (cachesvc.features.l1)."""
         target = self.router.choose(warm=self.replica_warm())
         if self.l1 is None:
-            return await self._fetch(target, keys, tables)
-        return await self.l1.lookup(keys, tables, functools.partial(self._fetch, target, tables=tables, files=True))
+            return (await self._fetch(target, keys, tables))[0]
+        return await self.l1.lookup(keys, tables, functools.partial(self._fetch, target, tables=tables))
 
-    async def _fetch(self, target: Target, keys: list[str], tables: list[FeatureTable], *, files: bool = False):
-        """The features of ``keys`` read from the database; with ``files`` (the L1's), also the
-        tables' file nodes, read first in the same transaction: ``(features, file nodes)``
-        (no keys: only the file nodes)."""
+    async def _fetch(self, target: Target, keys: list[str], tables: list[FeatureTable]) -> tuple[list[Features], Files | None]:
+        """The features of ``keys`` read from the database, and with the L1 on, the tables' file
+        nodes, read first in the same transaction (None without it; no keys: only those)."""
         if self.batchers:
-            items = [(key, tables) for key in keys] or [(None, tables)]
-            found = await within_budget(self.batchers[target].fetch(items))
-            nodes = found[0][1] if files else None
-            found = [features for features, _ in found if features is not None] if files else found
+            answers = await within_budget(self.batchers[target].fetch([(key, tables) for key in keys] or [(None, tables)]))
+            found = [features for features, _ in answers if features is not None]
             names = [t.name for t in tables]
             if found and list(found[0]) != names:  # the batch's first lookup named them in another order
                 found = [{name: features[name] for name in names} for features in found]
-            return (found, nodes) if files else found
+            return found, answers[0][1]
         plan = self.reader.plan(keys, tables)
-        statements = [(self.l1.statement(tables), None), *plan.statements] if files else plan.statements
-        results = await self.reads.run(target, statements, context=CONTEXT) if statements else []
-        if files:
-            return plan.collect(results[1:]), self.l1.files_of(tables, results[0][0])
-        return plan.collect(results)
+        results, nodes = await self._run(target, plan, tables)
+        return plan.collect(results), nodes
 
-    async def _lookup_batch(self, target: Target, items: list[Item]) -> list:
-        """One transaction for the lookups of a batch, all of one set of tables; the features of
-        each item (with the L1 on: ``(features, file nodes)``, features None for an item that
-        asks for the file nodes only). The batch has a budget of its own (its task outlives the
-        request that started it); each request waits for it only as long as its own budget allows."""
+    async def _lookup_batch(self, target: Target, items: list[Item]) -> list[tuple[Features | None, Files | None]]:
+        """One transaction for the lookups of a batch, all of one set of tables: the features of
+        each item (None for an item that asks for the file nodes only) and the file nodes. The
+        batch has a budget of its own (its task outlives the request that started it); each
+        request waits for it only as long as its own budget allows."""
         tables = items[0][1]
         plan = self.reader.plan([key for key, _ in items if key is not None], tables)
+        results, nodes = await self._run(target, plan, tables, Budget(self.reads.transactions.request_timeout_s))
+        found = iter(plan.collect(results))
+        return [(None if key is None else next(found), nodes) for key, _ in items]
+
+    async def _run(self, target: Target, plan: Plan, tables: Sequence[FeatureTable],
+                   budget: Budget | None = None) -> tuple[list[list[tuple]], Files | None]:
+        """The rows of ``plan``'s statements, in one transaction; with the L1 on, after the
+        tables' file nodes. No statement to send (no key can be in any table): no transaction."""
         statements = [(self.l1.statement(tables), None), *plan.statements] if self.l1 else plan.statements
-        if not statements:  # no key can be in any of the tables
-            return plan.collect([])
-        budget = Budget(self.reads.transactions.request_timeout_s)
+        if not statements:
+            return [], None
         results = await self.reads.run(target, statements, context=CONTEXT, budget=budget)
         if self.l1 is None:
-            return plan.collect(results)
-        nodes = self.l1.files_of(tables, results[0][0])
-        found = iter(plan.collect(results[1:]))
-        return [(None if key is None else next(found), nodes) for key, _ in items]
+            return results, None
+        return results[1:], self.l1.files_of(tables, results[0][0])
 
     def _divert_replica_lookups(self) -> None:
         moved = self.batchers[Target.REPLICA].divert_to(self.batchers[Target.PRIMARY])
