@@ -116,7 +116,10 @@ server_check_delay = 10
 server_lifetime = 3600
 server_idle_timeout = 300
 server_connect_timeout = 5
-server_login_retry = 1
+;; After a failed login to the server (it was down), PgBouncer turns clients away at once
+;; until its next login succeeds, which it tries no sooner than this: after a restart the
+;; service sends such a request again for up to 1.5 s (cachesvc.db.transaction), so keep it short.
+server_login_retry = 0.25
 ;; A client waits at most this long for a server connection, then gets an error: a
 ;; bounded wait that the service turns into 503 rather than a hang.
 query_wait_timeout = 10

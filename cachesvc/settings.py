@@ -191,8 +191,8 @@ class FeatureSettings:
         help="share of shared_buffers that pg_prewarm may fill with feature indexes and tables",
     )
     restart_check_s: float = _setting(
-        1.0, env="FEATURES_RESTART_CHECK_S",
-        help="how often to check whether PostgreSQL restarted, to warm the feature tables up again (0: never)",
+        0.25, env="FEATURES_RESTART_CHECK_S",
+        help="how often to look whether a transaction saw PostgreSQL restarted, to warm the feature tables up again (0: never)",
     )
     ready_hit_ratio: float = _setting(
         0.9, env="FEATURES_READY_HIT_RATIO",

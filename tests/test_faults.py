@@ -136,6 +136,30 @@ def test_postgres_stopped_during_load(fault_stack, start_service):
 
 
 @pytest.mark.timing
+def test_right_after_postgres_restarts_requests_wait_for_pgbouncer_instead_of_failing(fault_stack, start_service):
+    """A request while PostgreSQL is down is a quick 503, and makes PgBouncer's login fail;
+    PgBouncer then turns clients away until a login succeeds, even once the server is back.
+    Requests sent the moment it is back wait for PgBouncer's next login and succeed, writes
+    (a DELETE too) included, and are all there."""
+    service = start_service(fault_stack, **SERVICE)
+    user = uuid.uuid4()
+    h = {"Authorization": f"Bearer {token(fault_stack, user)}"}
+    with http_client(service, timeout=BOUND_S + 5) as http:
+        assert http.put("/v1/cache/chapter/before", json={"content": 0}, headers=h).status_code == 201
+        fault_stack.postgres.stop()
+        try:
+            started = time.monotonic()
+            down = http.get("/v1/cache/chapter/before", headers=h)
+            assert down.status_code == 503 and time.monotonic() - started < BOUND_S, down.text
+        finally:
+            fault_stack.postgres.start()
+        answers = [http.put(f"/v1/cache/chapter/after-{i}", json={"content": i}, headers=h) for i in range(3)]
+        answers += [http.get("/v1/cache/chapter/before", headers=h), http.delete("/v1/cache/chapter/after-0", headers=h)]
+        assert [a.status_code for a in answers] == [201, 201, 201, 200, 204], [a.text for a in answers]
+        assert [http.get(f"/v1/cache/chapter/after-{i}", headers=h).status_code for i in range(3)] == [404, 200, 200]
+
+
+@pytest.mark.timing
 def test_pgbouncer_restarted_during_load(fault_stack, start_service):
     service = start_service(fault_stack, **SERVICE)
     load = Load(service.url, fault_stack)

@@ -240,9 +240,10 @@ def restart_postgres(stack) -> dt.datetime:
 
 
 def test_after_a_postgres_restart_the_running_service_warms_the_tables_up_again(stack, warm_table, start_service):
-    """The service sees the new server start on its own, before any request asks for a feature,
-    and runs warm-up again: the table's pages are back in the emptied shared buffers, and /readyz
-    stays 200 through it. A service with the check off leaves them out."""
+    """The service sees the new server start on its own, before any request asks for a feature
+    (once the server has answered anything: here /readyz's probe), and runs warm-up again: the
+    table's pages are back in the emptied shared buffers, and /readyz stays 200 through it. A
+    service with the check off leaves them out."""
     live = start_service(log="watching.log", features_tables=WARM, features_ready_latency_ms="0",
                          features_restart_check_s="0.2")
     before = live.readyz().json()["features"]["restart"]

@@ -34,7 +34,7 @@ from cachesvc.cache.leases import Leases
 from cachesvc.cache.store import CacheStore
 from cachesvc.db import bounded
 from cachesvc.db.bouncer import BouncerStats, console_url
-from cachesvc.db.pools import create_check_pool, create_check_pools, create_pool, create_read_pool, open_pool
+from cachesvc.db.pools import create_check_pools, create_pool, create_read_pool, open_pool
 from cachesvc.db.replica import ReplicaMonitor
 from cachesvc.db.routing import ReadRouter
 from cachesvc.db.transaction import Transactions
@@ -151,17 +151,6 @@ async def replica_pools(
             await pool.close()
 
 
-@contextlib.asynccontextmanager
-async def primary_check_pool(settings: DatabaseSettings) -> AsyncIterator[AsyncConnectionPool]:
-    """The primary's check connection when there is no replica (whose checks bring their own)."""
-    pool = create_check_pool(settings)
-    try:
-        await pool.open(wait=False)
-        yield pool
-    finally:
-        await pool.close()
-
-
 async def flush_counters(counters: Counters, pool: AsyncConnectionPool) -> None:
     """The final counter flush, once the flush loop has stopped."""
     try:
@@ -231,9 +220,6 @@ async def open_context(
             log.error("refusing to start: %s", exc)
             raise
         stack.push_async_callback(features.flush_hot_keys)  # before the counters, after the loops stop
-        if features.readiness.watches_restarts():  # its checks never take a request's connection
-            features.readiness.check_pool = (check_pools[0] if check_pools else
-                                             await stack.enter_async_context(primary_check_pool(settings.database)))
         metrics.watch(pool, read_pool, counters, store.batchers.values(), router)
         metrics.features = features
         if settings.database.monitor_database_url and settings.database.behind_pgbouncer:

@@ -68,13 +68,10 @@ def create_check_pools(
     replica pool is not a replica down). Open them with ``open(wait=False)``."""
     if not replica.url:
         return None
-    return create_check_pool(settings), _fixed_pool(replica.url, 1, settings, "cachesvc-read-check")
-
-
-def create_check_pool(settings: DatabaseSettings) -> AsyncConnectionPool:
-    """One connection to the primary for the background checks (the replica's lag, a restart
-    of the server), apart from the request pool. Open it with ``open(wait=False)``."""
-    return _fixed_pool(settings.database_url, 1, settings, "cachesvc-check")
+    return (
+        _fixed_pool(settings.database_url, 1, settings, "cachesvc-check"),
+        _fixed_pool(replica.url, 1, settings, "cachesvc-read-check"),
+    )
 
 
 def create_read_pool(settings: DatabaseSettings, replica: ReplicaSettings) -> AsyncConnectionPool | None:

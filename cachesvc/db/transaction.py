@@ -5,7 +5,8 @@ A transaction is sent as one simple-protocol query string, bound client-side::
     BEGIN [READ ONLY]; SELECT set_config(…, true), …[, cachesvc_before_deadline(…)]; <statements>; COMMIT [; <then>]
 
 One network round trip, and with PgBouncer in transaction mode every setting (the user, the
-timeouts) lives and dies with the transaction. Measured here: half the client CPU of the same
+timeouts) lives and dies with the transaction. The settings' statement also reads the server's
+start time (``server_started_at``), so that a restart is seen by the first transaction after it. Measured here: half the client CPU of the same
 statements sent as an extended-protocol pipeline (90 vs 185 us for four statements).
 
 Time: a request has one ``Budget`` (``CACHESVC_REQUEST_TIMEOUT_S``), set when it arrives and
@@ -23,6 +24,14 @@ Retry: with ``retry``, an attempt that lost its connection (server restarted, ba
 terminated, PgBouncer restarted) is made once more, if the budget has time left. Only reads
 and idempotent writes ask for it: a DELETE whose COMMIT was lost would answer 404 for work
 that was done.
+
+PgBouncer turned away: an attempt that PgBouncer refused before sending it on (no server
+connection and a failed login since, as after the server restarts; cachesvc.db.errors) did
+nothing, so any transaction is sent again, after pauses that start at ``REFUSED_PAUSE_S`` and
+double, for at most ``REFUSED_WAIT_S`` and within the budget. Right after a restart the first
+requests then wait for PgBouncer's next login instead of failing; while the server is really
+down, a request is answered 503 after ``REFUSED_WAIT_S``, having reconnected to PgBouncer
+(which closes a client it turns away) six times, not once every pause of a fixed short period.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import asyncio
 import contextvars
 import datetime as dt
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -41,7 +51,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cachesvc.db.bounded import Bounded
 from cachesvc.settings import DatabaseSettings
-from cachesvc.db.errors import DatabaseTimeout, connection_lost
+from cachesvc.db.errors import DatabaseTimeout, bouncer_refused, connection_lost
 
 T = TypeVar("T")
 
@@ -50,6 +60,12 @@ Statement = tuple[str | sql.Composable, Any]  # SQL and its parameters (None: se
 # sql/functions/cachesvc_before_deadline.v1.sql: raises query_canceled past the deadline. A
 # write evaluates it with the transaction's settings, in their SELECT.
 BEFORE_DEADLINE = "cachesvc_before_deadline(%s)"
+
+# How often, and how long, an attempt PgBouncer turned away is sent again (module docstring).
+# The wait covers the server_login_retry our PgBouncer configuration sets (0.25 s, cachesvc.pgbouncer)
+# and a login; a PgBouncer configured elsewhere should keep it well below REFUSED_WAIT_S.
+REFUSED_PAUSE_S = 0.02  # then 0.04, 0.08 …
+REFUSED_WAIT_S = 1.5
 
 
 class Budget:
@@ -66,6 +82,20 @@ class Budget:
 
     def expired(self) -> DatabaseTimeout:
         return DatabaseTimeout(f"no answer from the database within the request's {self.seconds}s")
+
+
+# The start time of the server behind each pool, as the last transaction answered there read
+# it (``pg_postmaster_start_time()`` rides in every transaction's settings statement): how the
+# service learns that PostgreSQL restarted without asking anything of its own
+# (cachesvc.features.readiness.watch_restarts). Asking on a timer would, while the server is
+# down, make PgBouncer fail a login, and PgBouncer then turns clients away until its next
+# login succeeds, even once the server is back.
+_server_started: weakref.WeakKeyDictionary[AsyncConnectionPool, dt.datetime] = weakref.WeakKeyDictionary()
+
+
+def server_started_at(pool: AsyncConnectionPool) -> dt.datetime | None:
+    """When the server behind ``pool`` started, as the last transaction answered there saw it."""
+    return _server_started.get(pool)
 
 
 _budget: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("cachesvc_budget", default=None)
@@ -120,7 +150,8 @@ class Transactions:
         """
         budget = budget or _budget.get() or Budget(self.request_timeout_s)
         attempts = 2 if retry else 1
-        for attempt in range(1, attempts + 1):
+        attempt, refused_until, pause = 1, None, REFUSED_PAUSE_S
+        while True:
             left = budget.remaining()
             if left <= 0:
                 raise budget.expired()
@@ -129,10 +160,19 @@ class Transactions:
             except DatabaseTimeout:
                 raise budget.expired() from None
             except psycopg.OperationalError as exc:
+                if bouncer_refused(exc):  # nothing reached the server: any transaction may go again
+                    if refused_until is None:  # counted once, however many times it is sent
+                        refused_until = time.monotonic() + REFUSED_WAIT_S
+                        self.on_retry()
+                    if time.monotonic() + pause < min(refused_until, budget.deadline):
+                        await asyncio.sleep(pause)
+                        pause *= 2
+                        continue
+                    raise
                 if attempt == attempts or not connection_lost(exc) or budget.remaining() <= 0:
                     raise
+                attempt += 1
                 self.on_retry()
-        raise AssertionError("unreachable")
 
     async def _once(
         self, pool: AsyncConnectionPool, statements: Sequence[Statement], context: Sequence[tuple[str, str]],
@@ -146,6 +186,7 @@ class Transactions:
                 await cur.execute(text)
                 results = []
                 cur.nextset()  # past BEGIN, to the context (and a write's deadline check)
+                _server_started[pool] = (await cur.fetchone())[0]
                 for _ in statements:
                     cur.nextset()
                     results.append(await cur.fetchall())
@@ -166,7 +207,7 @@ class Transactions:
         # The server stops a statement no later than the budget ends (never below 1 ms: 0 is "none").
         statement_timeout = str(max(1, min(self.statement_timeout_ms, int(left * 1000))))
         settings = [*context, ("statement_timeout", statement_timeout), ("idle_in_transaction_session_timeout", self.idle_timeout)]
-        set_context = "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings)
+        set_context = "SELECT pg_postmaster_start_time(), " + ", ".join("set_config(%s, %s, true)" for _ in settings)
         params: list[Any] = [v for pair in settings for v in pair]
         if not read_only:  # a write that reaches the server after its request gave up does nothing
             # In the same statement as the settings: one statement fewer per write (PUT

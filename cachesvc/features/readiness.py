@@ -8,13 +8,17 @@ block counters, so other sessions and earlier traffic do not blur it) must reach
 not take every replica out of the load balancer at once.
 
 After a PostgreSQL restart while the service runs, the tables are warmed up again
-(``watch_restarts``): every ``features_restart_check_s`` the server's start time is read
-through the pool, and when it is not the one the last warm-up was for, warm-up runs again
-in the background, beside live lookups (half the pool's connections). The gate stays open
-through it: a restarted database is every replica's at once, and answering 503 from all of
-them would turn a slow first second into an outage. What the re-warm buys is measured in
-docs/performance.md: the requests in the second or so before the check sees the restart
-still meet new server connections and empty buffers.
+(``watch_restarts``): every transaction reads the server's start time along with its settings
+(cachesvc.db.transaction), and every ``features_restart_check_s`` the service looks at the
+latest one seen on the pool; when it is not the one the last warm-up was for, warm-up runs
+again in the background, beside live lookups (half the pool's connections). It asks the
+server nothing of its own: a question while the server is down would make PgBouncer fail a
+login, and PgBouncer then turns clients away until its next login succeeds, even once the
+server is back. The gate stays open through it: a restarted database is every replica's at
+once, and answering 503 from all of them would turn a slow first second into an outage. What
+the re-warm buys is measured in docs/performance.md: the first transaction after the restart
+(a request, or a load balancer's /readyz probe) still meets a new server connection and
+empty buffers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from cachesvc.db.transaction import server_started_at
 from cachesvc.features import warmup
 from cachesvc.features.reader import FeatureReader
 from cachesvc.settings import FeatureSettings
@@ -104,7 +109,6 @@ class Readiness:
         self.rewarms = 0  # warm-ups after a restart, finished
         self.rewarm: warmup.WarmupReport | None = None  # the last of them
         self.rewarming = False
-        self.check_pool = None  # where ``watch_restarts`` asks (the service's check connection); else the reader's pool
         self.ready = asyncio.Event()
         if not self.enabled:
             self.ready.set()
@@ -176,17 +180,14 @@ class Readiness:
         return self.enabled and self.settings.restart_check_s > 0
 
     async def watch_restarts(self) -> None:
-        """Once ready, warm up again whenever the server has restarted since the last warm-up."""
+        """Once ready, warm up again whenever a transaction has seen a server start that the
+        last warm-up was not for (it asks nothing of the server itself: cachesvc.db.transaction)."""
         interval = self.settings.restart_check_s
         await self.ready.wait()
         while True:
             await asyncio.sleep(interval)
-            try:
-                async with asyncio.timeout(max(interval, 5.0)):
-                    started = await warmup.server_started_at(self.check_pool or self.reader.pool)
-            except Exception:  # down, or coming back: a later check sees the new start
-                continue
-            if started != self.warmed_for:
+            started = server_started_at(self.reader.pool)
+            if started is not None and started != self.warmed_for:
                 await self._rewarm(started)
 
     async def _rewarm(self, started) -> None:

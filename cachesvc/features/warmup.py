@@ -90,7 +90,7 @@ async def _bounded(coros, limit: int) -> list:
     return await asyncio.gather(*(run(c) for c in coros))
 
 
-async def server_started_at(pool: AsyncConnectionPool) -> dt.datetime:
+async def read_server_start(pool: AsyncConnectionPool) -> dt.datetime:
     """When the server behind ``pool`` last started (through PgBouncer: the server it connects to)."""
     return (await _statement(pool, SERVER_STARTED_AT))[0][0]
 
@@ -236,7 +236,7 @@ async def warm_up(
     seen as a restart after it."""
     report = WarmupReport()
     began = time.perf_counter()
-    report.server_started_at = await server_started_at(reader.pool)
+    report.server_started_at = await read_server_start(reader.pool)
 
     async def step(name: str, coro) -> None:
         start = time.perf_counter()
