@@ -125,7 +125,7 @@ def test_the_report_sets_the_feature_path_beside_its_ceiling():
                              "cpu_ms_per_request": {"pgbouncer": 0.06, "postgres": 1.1}},
         "features_closed": {"rps": 600.0, "p50_ms": 5.0, "p99_ms": 20.0, "cpu_ms_per_request": cpu},
         "features_after_restart_kept": {"first_ms": 9.5, "warm_p50_ms": 2.5, "x_warm_p50": 3.8, "target_x": 2.0,
-                                        "target_met": False},
+                                        "target_met": False, "first_status": 503, "errors": 4},
         "features_l1_10key_200": {"rps": 200.0, "p50_ms": 2.0, "p99_ms": 4.0, "p999_ms": 6.0, "target_rps": 180.0,
                                   "target_met": True, "l1_hit_ratio": 0.876},
         "features_l1_closed": {"rps": 1200.0, "p50_ms": 5.0, "p99_ms": 20.0, "l1_hit_ratio": 0.91, "cpu_ms_per_request": cpu},
@@ -143,7 +143,8 @@ def test_the_report_sets_the_feature_path_beside_its_ceiling():
     closed = next(line for line in lines if "closed loop" in line and "feature" in line)
     assert "| 600 req/s (0.75 x ceiling) |" in closed and closed.endswith("| 0.500 / 0.050 / 0.400 ms |")
     first = next(line for line in lines if "first request after a PostgreSQL restart" in line)
-    assert "9.5 ms = 3.80 x warm p50 (2.50 ms)" in first and "≤ 2 x warm p50: missed" in first
+    assert "9.5 ms = 3.80 x warm p50 (2.50 ms), answered 503; 4 of the first 51 requests failed" in first
+    assert "≤ 2 x warm p50: missed" in first
     l1_open = next(line for line in lines if "10 of 1,000 hot keys" in line)
     assert "L1 on (max age 5 s); 88% of keys from memory | 200 req/s | p50 2.0 ms, p99 4.0 ms" in l1_open
     l1_closed = next(line for line in lines if "closed loop, L1 on" in line)

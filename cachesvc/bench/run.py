@@ -168,6 +168,10 @@ def report_table(results: dict, feature_tables: int, feature_rows: int) -> str:
         if value:
             latency = (f"{value['first_ms']:.1f} ms = {value['x_warm_p50']:.2f} x warm p50 ({value['warm_p50_ms']:.2f} ms)"
                        if "first_ms" in value else value["error"].replace("\n", " ").replace("|", "\\|"))
+            if value.get("first_status", 200) != 200:
+                latency += f", answered {value['first_status']}"
+            if value.get("errors"):
+                latency += f"; {value['errors']} of the first {restart.AFTER_REQUESTS + 1} requests failed"
             ready = f", ready {value['ready_after_s']:.1f} s after start" if "ready_after_s" in value else ""
             ready += f" ({value['rewarmed_after_s']:.1f} s after the restart)" if "rewarmed_after_s" in value else ""
             rows.append((f"feature lookup, 1 key x {feature_tables} tables, first request after a PostgreSQL restart, {how}{ready}",
