@@ -141,3 +141,43 @@ def test_postgres_killed(live, budget_stack):
     finally:
         budget_stack.postgres.start()
     serves_again(live, budget_stack)
+
+
+def test_a_budget_spent_waiting_for_a_pooled_connection_is_a_timeout_and_a_shorter_pool_wait_is_not(stack):
+    """With every pooled connection taken, a transaction whose budget ends before the pool's own
+    wait is a DatabaseTimeout (what the budget promises, and what /metrics counts it as), not a
+    PoolTimeout; with a pool wait shorter than the budget, the pool's PoolTimeout it is, after
+    that wait (and its one retry), well before the budget. The attempt alone (``_once``) is
+    asked too: in ``run`` the budget's own timer and the pool's wait end at the same moment, and
+    which fires first depends on the machine's load (a hung-server test saw 4 timeouts of 5)."""
+    import asyncio
+
+    from psycopg_pool import PoolTimeout
+
+    from cachesvc.db.errors import DatabaseTimeout
+    from cachesvc.db.pools import create_pool, open_pool
+    from cachesvc.db.transaction import Budget, Transactions
+
+    async def attempt(pool_timeout_s: float, budget_s: float, alone: bool = False) -> tuple[type, float]:
+        settings = stack.settings(pool_size=1, pool_timeout_s=pool_timeout_s).database
+        pool = create_pool(settings)
+        await open_pool(pool, settings)
+        try:
+            async with pool.connection():  # the only one, held
+                started = time.monotonic()
+                try:
+                    if alone:
+                        await Transactions()._once(pool, [("SELECT 1", None)], (), True, None, Budget(budget_s))
+                    else:
+                        await Transactions().run(pool, [("SELECT 1", None)], read_only=True, budget=Budget(budget_s))
+                except Exception as exc:
+                    return type(exc), time.monotonic() - started
+                raise AssertionError("a transaction ran with every pooled connection held")
+        finally:
+            await pool.close()
+
+    for alone in (True, False):
+        kind, waited = asyncio.run(attempt(pool_timeout_s=30, budget_s=0.5, alone=alone))
+        assert kind is DatabaseTimeout and 0.45 < waited < 5, (alone, kind, waited)
+    kind, waited = asyncio.run(attempt(pool_timeout_s=0.2, budget_s=10))
+    assert kind is PoolTimeout and 0.35 < waited < 5, (kind, waited)

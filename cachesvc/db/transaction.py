@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import AsyncClientCursor, sql
 from psycopg.pq import TransactionStatus
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cachesvc.db.bounded import Bounded
 from cachesvc.settings import DatabaseSettings
@@ -179,26 +179,37 @@ class Transactions:
         read_only: bool, then: str | None, budget: Budget,
     ) -> list[list[tuple]]:
         wait = max(min(pool.timeout, budget.remaining()), 0.001)  # CACHESVC_POOL_TIMEOUT_S or less
-        async with pool.connection(timeout=wait) as conn:
-            cur = AsyncClientCursor(conn)
-            text = self._query(cur, statements, context, read_only, then, budget.remaining())
-            try:
-                await cur.execute(text)
-                results = []
-                cur.nextset()  # past BEGIN, to the context (and a write's deadline check)
-                _server_started[pool] = (await cur.fetchone())[0]
-                for _ in statements:
-                    cur.nextset()
-                    results.append(await cur.fetchall())
-                if then is not None:
-                    cur.nextset()  # past COMMIT
-                    cur.nextset()
-                    results.append(await cur.fetchall())
-            except BaseException:
-                if not conn.closed and conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-                    await conn.rollback()
-                raise
-            return results
+        try:
+            async with pool.connection(timeout=wait) as conn:
+                return await self._in(pool, conn, statements, context, read_only, then, budget)
+        except PoolTimeout:
+            if wait < pool.timeout:  # the wait was what was left of the budget: that ran out
+                raise budget.expired() from None
+            raise
+
+    async def _in(
+        self, pool: AsyncConnectionPool, conn: psycopg.AsyncConnection, statements: Sequence[Statement],
+        context: Sequence[tuple[str, str]], read_only: bool, then: str | None, budget: Budget,
+    ) -> list[list[tuple]]:
+        cur = AsyncClientCursor(conn)
+        text = self._query(cur, statements, context, read_only, then, budget.remaining())
+        try:
+            await cur.execute(text)
+            results = []
+            cur.nextset()  # past BEGIN, to the context (and a write's deadline check)
+            _server_started[pool] = (await cur.fetchone())[0]
+            for _ in statements:
+                cur.nextset()
+                results.append(await cur.fetchall())
+            if then is not None:
+                cur.nextset()  # past COMMIT
+                cur.nextset()
+                results.append(await cur.fetchall())
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                await conn.rollback()
+            raise
+        return results
 
     def _query(
         self, cur: AsyncClientCursor, statements: Sequence[Statement], context: Sequence[tuple[str, str]],
